@@ -1,0 +1,132 @@
+"""`python -m free_core {sample, train-dit, train-drafter, bench}`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from .checkpoints import EMBEDDED_DIT, load_dit
+from .denoiser import GuidedDenoiser
+from .diffusion import VARIANCE_MODES, GaussianDiffusion
+from .dit import DIT_CONFIGS, DiT, dit_config
+from .image_io import grid, write_png
+from .sampling import initial_noise, sample_ancestral
+from .speculative import sample_speculative
+
+
+def load_model(spec: str, device: str) -> DiT:
+    """'embedded', a weights path, or 'random:<config>' (random init, for trying the engine)."""
+    if spec == "embedded":
+        if not EMBEDDED_DIT.is_file():
+            raise SystemExit(f"the embedded DiT is missing at {EMBEDDED_DIT}; pass --model random:DiT-Micro/8 to try the engine")
+        return load_dit(EMBEDDED_DIT, device=device)
+    if spec.startswith("random:"):
+        torch.manual_seed(0)
+        model = DiT(dit_config(spec.split(":", 1)[1]))
+        for parameter in model.final_layer.parameters():  # adaLN-Zero init outputs zeros: give the head some signal
+            torch.nn.init.normal_(parameter, std=0.02)
+        return model.to(device).eval()
+    return load_dit(spec, device=device)
+
+
+def load_drafter(spec: str, model: DiT, device: str):
+    from .drafting import FrozenDrafter
+
+    if spec == "frozen":
+        return FrozenDrafter()
+    from .drafter import load_drafter as load_free_drafter
+    from .checkpoints import EMBEDDED_DRAFTER
+
+    return load_free_drafter(EMBEDDED_DRAFTER if spec == "embedded" else spec, model, device=device)
+
+
+def parse_labels(text: str | None, batch: int, num_classes: int, generator: torch.Generator) -> torch.Tensor:
+    if text is None:
+        return torch.arange(batch) % num_classes
+    labels = [int(v) for v in text.split(",") if v.strip()]
+    bad = [v for v in labels if not 0 <= v < num_classes]
+    if bad:
+        raise SystemExit(f"--labels {bad} out of range: this model has classes 0..{num_classes - 1}")
+    return torch.tensor((labels * batch)[:batch])
+
+
+def command_sample(args: argparse.Namespace) -> int:
+    device = args.device
+    model = load_model(args.model, device)
+    default_drafter = "embedded" if args.model == "embedded" else "frozen"
+    drafter = load_drafter(args.drafter or default_drafter, model, device)
+    try:
+        diffusion = GaussianDiffusion.respaced(args.steps)
+        denoiser = GuidedDenoiser(model, diffusion, cfg_scale=args.cfg, variance=args.variance,
+                                  clip_denoised=model.in_channels == 3)
+    except ValueError as error:
+        raise SystemExit(str(error)) from None
+    generator = torch.Generator(device=device).manual_seed(args.seed)
+    x_T = initial_noise((args.batch, model.in_channels, model.input_size, model.input_size), generator, device)
+    labels = parse_labels(args.labels, args.batch, model.num_classes, generator).to(device)
+    runs = {"off": ["baseline"], "strict": ["strict"], "relax": ["relax"], "compare": ["baseline", "strict", "relax"]}[args.mode]
+    images, report = [], {}
+    for run in runs:
+        run_generator = torch.Generator(device=device).manual_seed(args.seed + 1)
+        if run == "baseline":
+            samples, stats = sample_ancestral(denoiser, x_T, labels, run_generator)
+        else:
+            samples, stats = sample_speculative(
+                denoiser, drafter, x_T, labels, run_generator, draft_length=args.draft_length,
+                mode=run, relax_strength=args.relax_strength if run == "relax" else 0.0,
+            )
+        print(f"== {run} ==\n{stats.summary()}\n", flush=True)
+        images.append(samples)
+        report[run] = stats.to_dict()
+    if "baseline" in report:
+        for run in runs[1:]:
+            report[run]["wall_clock_speedup"] = report["baseline"]["wall_time_s"] / report[run]["wall_time_s"]
+            print(f"{run}: {report[run]['call_reduction']:.2f}x fewer sequential DiT calls, "
+                  f"{report[run]['wall_clock_speedup']:.2f}x wall clock vs baseline")
+    if model.in_channels == 3:
+        path = write_png(args.out, grid(torch.cat(images), columns=args.batch), scale=args.scale)
+        print(f"wrote {path} (rows: {', '.join(runs)})")
+    else:
+        torch.save(torch.cat(images).cpu(), Path(args.out).with_suffix(".latents.pt"))
+        print(f"latent model: wrote {Path(args.out).with_suffix('.latents.pt')} (decode with the SD VAE)")
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m free_core", description="FREE speculative sampling for DiTs")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sample = sub.add_parser("sample", help="sample with the baseline and/or FREE and print the statistics")
+    sample.add_argument("--model", default="embedded", help="'embedded', a .safetensors/.pt path, or random:<config> "
+                        f"with config in {sorted(DIT_CONFIGS)}")
+    sample.add_argument("--drafter", default=None, help="'embedded' (learned FREE drafter), 'frozen', or a drafter file")
+    sample.add_argument("--mode", default="compare", choices=["off", "strict", "relax", "compare"])
+    sample.add_argument("--steps", type=int, default=250)
+    sample.add_argument("--batch", type=int, default=8)
+    sample.add_argument("--cfg", type=float, default=1.0)
+    sample.add_argument("--variance", default=None, choices=VARIANCE_MODES, help="default: learned if the model learns sigma")
+    sample.add_argument("--draft-length", type=int, default=6)
+    sample.add_argument("--relax-strength", type=float, default=2.0)
+    sample.add_argument("--labels", default=None, help="comma-separated class indices (default 0, 1, 2, ...)")
+    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    sample.add_argument("--out", default="samples.png")
+    sample.add_argument("--scale", type=int, default=4, help="PNG upscaling factor")
+    sample.add_argument("--json", default=None, help="also write the statistics as JSON")
+    sample.set_defaults(handler=command_sample)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""A DiT bound to a schedule and a guidance scale: rows in, guided Gaussian transitions out.
+
+Classifier-free guidance doubles every state into rows (conditional, unconditional), so the
+model, and any drafter, work on rows; `guided_output` folds rows back into one output per state.
+Any model with `features(x, t, y)`, `head(h, t, y)`, `in_channels`, `learn_sigma` and `null_class`
+works (the DiT, or the closed-form toy denoisers of the tests).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+
+from .diffusion import VARIANCE_MODES, GaussianDiffusion, VarianceMode
+
+
+class SplitModel(Protocol):
+    in_channels: int
+    learn_sigma: bool
+    null_class: int
+
+    def features(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor: ...
+
+    def head(self, h: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor: ...
+
+
+class GuidedDenoiser:
+    """Model + respaced diffusion + CFG scale + variance choice: what both samplers need."""
+
+    def __init__(
+        self,
+        model: SplitModel,
+        diffusion: GaussianDiffusion,
+        cfg_scale: float = 1.0,
+        variance: VarianceMode | None = None,
+        clip_denoised: bool = False,
+    ):
+        if not (cfg_scale >= 0 and cfg_scale == cfg_scale and cfg_scale != float("inf")):
+            raise ValueError(f"cfg_scale must be a finite number >= 0, got {cfg_scale!r}")
+        variance = variance or ("learned" if model.learn_sigma else "fixed_small")
+        if variance not in VARIANCE_MODES:
+            raise ValueError(f"variance must be one of {VARIANCE_MODES}, got {variance!r}")
+        if variance == "learned" and not model.learn_sigma:
+            raise ValueError("variance='learned' needs a learned-sigma model; use variance='fixed_small'")
+        self.model, self.diffusion = model, diffusion
+        self.cfg_scale, self.variance, self.clip_denoised = float(cfg_scale), variance, clip_denoised
+
+    @property
+    def branches(self) -> int:
+        """Rows per state: 2 with classifier-free guidance (cond, uncond), else 1."""
+        return 1 if self.cfg_scale == 1.0 else 2
+
+    @property
+    def num_steps(self) -> int:
+        return self.diffusion.num_steps
+
+    def rows(self, x: torch.Tensor, i: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """States (n, ...) at step indices i (n,) to model rows (n * branches, ...): x, timestep, label."""
+        t = self.diffusion.timestep_for(i)
+        if self.branches == 1:
+            return x, t, labels
+        null = torch.full_like(labels, self.model.null_class)
+        x_rows = torch.stack([x, x], dim=1).flatten(0, 1)
+        t_rows = torch.stack([t, t], dim=1).flatten(0, 1)
+        y_rows = torch.stack([labels, null], dim=1).flatten(0, 1)
+        return x_rows, t_rows, y_rows
+
+    def guided_output(self, output_rows: torch.Tensor) -> torch.Tensor:
+        """Fold (n * branches, C', H, W) rows into (n, C', H, W): eps guided, variance from the cond row."""
+        if self.branches == 1:
+            return output_rows
+        rows = output_rows.unflatten(0, (-1, 2))
+        cond, uncond = rows[:, 0], rows[:, 1]
+        c = self.model.in_channels
+        eps = uncond[:, :c] + self.cfg_scale * (cond[:, :c] - uncond[:, :c])
+        return torch.cat([eps, cond[:, c:]], dim=1)
+
+    def transition(self, output: torch.Tensor, x: torch.Tensor, i: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.diffusion.transition(output, x, i, self.variance, self.clip_denoised)
+
+    @torch.no_grad()
+    def evaluate(self, x: torch.Tensor, i: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One DiT forward over all states: (top-block feature rows, output rows)."""
+        x_rows, t_rows, y_rows = self.rows(x, i, labels)
+        features = self.model.features(x_rows, t_rows, y_rows)
+        return features, self.model.head(features, t_rows, y_rows)

@@ -1,0 +1,87 @@
+"""Run statistics shared by the baseline and the speculative sampler."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+
+@dataclass
+class SamplingStats:
+    """What a sampling run cost: sequential DiT calls, evaluated states, acceptance, round lengths."""
+
+    sampler: str
+    num_steps: int
+    batch_size: int
+    draft_length: int | str = 0
+    rounds: int = 0
+    sequential_dit_calls: int = 0
+    dit_states: int = 0  # states evaluated by the DiT (one state = all its CFG rows)
+    dit_rows: int = 0  # rows through the DiT (states x CFG branches)
+    drafter_calls: int = 0  # sequential drafting passes (cheap, not DiT forwards)
+    proposed_per_step: list[int] = field(default_factory=list)  # drafted transitions tested, by step index
+    accepted_per_step: list[int] = field(default_factory=list)
+    advance_histogram: Counter = field(default_factory=Counter)  # steps advanced per sample per round
+    draft_lengths: list[int] = field(default_factory=list)  # K chosen each round
+    wall_time_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.proposed_per_step:
+            self.proposed_per_step = [0] * self.num_steps
+            self.accepted_per_step = [0] * self.num_steps
+
+    @property
+    def acceptance_rate(self) -> float:
+        proposed = sum(self.proposed_per_step)
+        return sum(self.accepted_per_step) / proposed if proposed else 0.0
+
+    @property
+    def acceptance_per_step(self) -> list[float | None]:
+        """Acceptance by respaced step index (index 0 is the last step); None where nothing was drafted."""
+        return [a / p if p else None for a, p in zip(self.accepted_per_step, self.proposed_per_step)]
+
+    @property
+    def mean_advance(self) -> float:
+        total = sum(self.advance_histogram.values())
+        return sum(k * v for k, v in self.advance_histogram.items()) / total if total else 0.0
+
+    def call_reduction(self) -> float:
+        """Sequential DiT calls of the plain ancestral sampler (one per step) over ours."""
+        return self.num_steps / self.sequential_dit_calls if self.sequential_dit_calls else 0.0
+
+    def to_dict(self) -> dict:
+        return {
+            "sampler": self.sampler,
+            "num_steps": self.num_steps,
+            "batch_size": self.batch_size,
+            "draft_length": self.draft_length,
+            "rounds": self.rounds,
+            "sequential_dit_calls": self.sequential_dit_calls,
+            "call_reduction": self.call_reduction(),
+            "dit_states": self.dit_states,
+            "dit_rows": self.dit_rows,
+            "drafter_calls": self.drafter_calls,
+            "acceptance_rate": self.acceptance_rate,
+            "acceptance_per_step": self.acceptance_per_step,
+            "advance_histogram": {str(k): v for k, v in sorted(self.advance_histogram.items())},
+            "mean_advance": self.mean_advance,
+            "draft_lengths": self.draft_lengths,
+            "wall_time_s": self.wall_time_s,
+        }
+
+    def summary(self) -> str:
+        lines = [
+            f"sampler              {self.sampler}",
+            f"steps x batch        {self.num_steps} x {self.batch_size}",
+            f"sequential DiT calls {self.sequential_dit_calls} ({self.call_reduction():.2f}x fewer than {self.num_steps})",
+            f"DiT-evaluated states {self.dit_states} (rows incl. CFG: {self.dit_rows})",
+            f"wall time            {self.wall_time_s:.2f} s",
+        ]
+        if sum(self.proposed_per_step):
+            histogram = " ".join(f"{k}:{v}" for k, v in sorted(self.advance_histogram.items()))
+            lines += [
+                f"draft length         {self.draft_length}",
+                f"acceptance           {self.acceptance_rate:.3f} of {sum(self.proposed_per_step)} drafted transitions",
+                f"steps per round      mean {self.mean_advance:.2f}; histogram {histogram}",
+            ]
+        return "\n".join(lines)
