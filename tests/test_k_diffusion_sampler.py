@@ -1,0 +1,131 @@
+"""FREE in sigma space (the SAMPLER for ComfyUI's SamplerCustom) samples the law of plain Euler-ancestral."""
+
+import pytest
+import torch
+
+import free_core.k_diffusion_sampler as kds
+from free_core.k_diffusion_sampler import ancestral_step, sample_euler_ancestral, sample_free_euler_ancestral
+from free_core.two_sample import energy_test
+
+N_SAMPLES = 2000
+ALPHA = 0.01
+
+
+class MixtureDenoiser:
+    """Exact E[x0 | x0 + sigma n] for x0 ~ mean of N(mu_k, s^2 I): a k-diffusion black-box model."""
+
+    def __init__(self, dim: int, components: int = 3, data_std: float = 0.3, seed: int = 0):
+        g = torch.Generator().manual_seed(seed)
+        self.means = 2.0 * torch.randn(components, dim, generator=g, dtype=torch.float64)
+        self.data_std = data_std
+        self.calls: list[int] = []
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, **extra_args) -> torch.Tensor:
+        self.calls.append(x.shape[0])
+        points = x.flatten(1).double()[:, None, :]  # (N, 1, d)
+        var = self.data_std**2 + sigma.double()[:, None] ** 2  # (N, 1): one sigma per row
+        log_w = -((points - self.means[None]) ** 2).sum(-1) / (2 * var)  # (N, K)
+        resp = torch.softmax(log_w, dim=1)[:, :, None]
+        posterior = self.means[None] + (self.data_std**2 / var)[:, :, None] * (points - self.means[None])
+        return (resp * posterior).sum(1).reshape(x.shape).to(x.dtype)
+
+
+def _sigmas(steps: int = 20, sigma_max: float = 10.0, sigma_min: float = 0.02, rho: float = 7.0) -> torch.Tensor:
+    ramp = torch.linspace(0, 1, steps, dtype=torch.float64)
+    sigmas = (sigma_max ** (1 / rho) + ramp * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
+    return torch.cat([sigmas, torch.zeros(1, dtype=torch.float64)])
+
+
+def _run(sampler, model, dim, seed, n=N_SAMPLES, **options):
+    sigmas = _sigmas()
+    x = torch.randn(n, dim, 1, 1, generator=torch.Generator().manual_seed(seed + 1000), dtype=torch.float64) * sigmas[0]
+    sink = []
+    out = sampler(model, x, sigmas, extra_args={"seed": seed}, stats_sink=sink, **options)
+    return out, sink[0]
+
+
+@pytest.mark.parametrize("dim", [2, 8])
+def test_strict_sigma_space_sampler_matches_euler_ancestral_law(dim):
+    model = MixtureDenoiser(dim)
+    baseline, _ = _run(sample_euler_ancestral, model, dim, seed=0)
+    free, stats = _run(sample_free_euler_ancestral, model, dim, seed=1, draft_length=6)
+    assert stats.acceptance_rate < 0.9, "the frozen drafter must be imperfect so that rejections happen"
+    assert stats.mean_advance > 1.0
+    _, p_value = energy_test(baseline, free)
+    assert p_value > ALPHA
+
+
+@pytest.mark.parametrize("dim", [2, 8])
+def test_energy_test_rejects_an_always_accept_sigma_space_coupling(dim, monkeypatch):
+    """Negative control: accepting every frozen draft has the wrong law, and the same test sees it."""
+    model = MixtureDenoiser(dim)
+    baseline, _ = _run(sample_euler_ancestral, model, dim, seed=0)
+    monkeypatch.setattr(kds, "maximal_coupling", lambda x_draft, *a, **k: (x_draft, torch.ones(x_draft.shape[0], dtype=torch.bool)))
+    wrong, _ = _run(sample_free_euler_ancestral, model, dim, seed=1, draft_length=6)
+    _, p_value = energy_test(baseline, wrong)
+    assert p_value < ALPHA
+
+
+def test_one_batched_model_call_per_round_with_every_drafted_state():
+    model = MixtureDenoiser(4)
+    _, stats = _run(sample_free_euler_ancestral, model, 4, seed=2, n=16, draft_length=4)
+    assert len(model.calls) == stats.rounds == stats.sequential_dit_calls < 20
+    assert sum(model.calls) == stats.dit_states > stats.rounds * 1
+    assert sum(k * v for k, v in stats.advance_histogram.items()) == 16 * 20  # every sample makes all 20 steps
+    assert max(stats.advance_histogram) <= 5
+
+
+def test_same_seed_same_bits_and_other_seed_differs():
+    model = MixtureDenoiser(3)
+    first, _ = _run(sample_free_euler_ancestral, model, 3, seed=5, n=8, mode="relax", relax_strength=1.0)
+    second, _ = _run(sample_free_euler_ancestral, model, 3, seed=5, n=8, mode="relax", relax_strength=1.0)
+    other, _ = _run(sample_free_euler_ancestral, model, 3, seed=6, n=8, mode="relax", relax_strength=1.0)
+    assert torch.equal(first, second)
+    assert not torch.equal(first, other)
+
+
+def test_relax_accepts_more_than_strict():
+    model = MixtureDenoiser(8)
+    _, strict = _run(sample_free_euler_ancestral, model, 8, seed=3, n=500, draft_length=6)
+    _, relax = _run(sample_free_euler_ancestral, model, 8, seed=3, n=500, draft_length=6, mode="relax", relax_strength=4.0)
+    assert relax.acceptance_rate > strict.acceptance_rate
+
+
+def test_callback_reports_committed_steps_and_can_stop_sampling():
+    model = MixtureDenoiser(2)
+    seen = []
+
+    def callback(info):
+        seen.append(info["i"])
+        if len(seen) == 2:
+            raise KeyboardInterrupt("stop")
+
+    with pytest.raises(KeyboardInterrupt):
+        _run(sample_free_euler_ancestral, model, 2, seed=0, n=4, callback=callback)
+    assert seen[0] == 0 and seen[1] > seen[0]  # the first round is one plain step; later rounds commit more
+    assert len(model.calls) == 2
+
+
+def test_ancestral_step_matches_k_diffusion_eta_one():
+    sigma, sigma_next = torch.tensor([2.0]), torch.tensor([1.0])
+    down, up = ancestral_step(sigma, sigma_next)
+    assert torch.allclose(up, torch.tensor([(1.0 * (4.0 - 1.0) / 4.0) ** 0.5]))
+    assert torch.allclose(down**2 + up**2, sigma_next**2)
+    down, up = ancestral_step(torch.tensor([1.0]), torch.tensor([0.0]))
+    assert down.item() == 0 and up.item() == 0
+
+
+@pytest.mark.parametrize(
+    "options, name",
+    [({"mode": "fast"}, "mode"), ({"relax_strength": 1.0}, "relax_strength"), ({"draft_length": 0}, "draft_length")],
+)
+def test_bad_options_name_the_argument(options, name):
+    with pytest.raises(ValueError, match=name):
+        _run(sample_free_euler_ancestral, MixtureDenoiser(2), 2, seed=0, n=2, **options)
+
+
+def test_inpainting_mask_is_refused_with_a_clear_message():
+    sigmas = _sigmas()
+    x = torch.randn(2, 2, 1, 1, dtype=torch.float64)
+    with pytest.raises(ValueError, match="denoise mask"):
+        sample_free_euler_ancestral(MixtureDenoiser(2), x, sigmas, extra_args={"seed": 0, "denoise_mask": torch.ones_like(x)})
