@@ -61,8 +61,7 @@ def command_sample(args: argparse.Namespace) -> int:
     drafter = load_drafter(args.drafter or default_drafter, model, device)
     try:
         diffusion = GaussianDiffusion.respaced(args.steps)
-        denoiser = GuidedDenoiser(model, diffusion, cfg_scale=args.cfg, variance=args.variance,
-                                  clip_denoised=model.in_channels == 3)
+        denoiser = GuidedDenoiser(model, diffusion, cfg_scale=args.cfg, variance=args.variance)
     except ValueError as error:
         raise SystemExit(str(error)) from None
     generator = torch.Generator(device=device).manual_seed(args.seed)
@@ -98,6 +97,41 @@ def command_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_train_dit(args: argparse.Namespace) -> int:
+    from .train_dit import DiTTrainConfig, train_dit
+
+    config = DiTTrainConfig(out=args.out, model=args.config, hidden_size=args.hidden_size, depth=args.depth,
+                            num_heads=args.num_heads, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                            seed=args.seed, max_minutes=args.max_minutes, device=args.device)
+    path, losses = train_dit(config)
+    if losses:
+        print(f"saved {path}; final loss {sum(losses[-50:]) / len(losses[-50:]):.4f}")
+    return 0
+
+
+def command_train_drafter(args: argparse.Namespace) -> int:
+    from .train_drafter import DrafterTrainConfig, train_drafter
+
+    config = DrafterTrainConfig(
+        dit=args.dit, out=args.out, sampling_steps=args.sampling_steps, trajectories=args.trajectories,
+        cfg_scales=tuple(float(s) for s in args.cfg_scales.split(",")), train_steps=args.steps,
+        batch_size=args.batch_size, unroll=args.unroll, lr=args.lr, seed=args.seed, max_minutes=args.max_minutes,
+        device=args.device, collect_batch=args.collect_batch,
+    )
+    path, losses = train_drafter(config)
+    if losses:
+        print(f"saved {path}; final loss {sum(losses[-50:]) / len(losses[-50:]):.4f}")
+    return 0
+
+
+def command_train_classifier(args: argparse.Namespace) -> int:
+    from .eval import train_classifier
+
+    path, accuracy = train_classifier(args.out, steps=args.steps, seed=args.seed)
+    print(f"saved {path}; held-out accuracy {accuracy:.4f}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m free_core", description="FREE speculative sampling for DiTs")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -120,6 +154,42 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--scale", type=int, default=4, help="PNG upscaling factor")
     sample.add_argument("--json", default=None, help="also write the statistics as JSON")
     sample.set_defaults(handler=command_sample)
+
+    train = sub.add_parser("train-dit", help="train a DiT on the procedural data (torchrun-ready, resumable)")
+    train.add_argument("--out", default="runs/dit")
+    train.add_argument("--config", default="DiT-Tiny/4")
+    train.add_argument("--hidden-size", type=int, default=None)
+    train.add_argument("--depth", type=int, default=None)
+    train.add_argument("--num-heads", type=int, default=None)
+    train.add_argument("--steps", type=int, default=6000)
+    train.add_argument("--batch-size", type=int, default=96)
+    train.add_argument("--lr", type=float, default=1e-3)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--max-minutes", type=float, default=None)
+    train.add_argument("--device", default=None)
+    train.set_defaults(handler=command_train_dit)
+
+    drafter = sub.add_parser("train-drafter", help="train a FREE drafter for a DiT (torchrun-ready, resumable)")
+    drafter.add_argument("--dit", default="embedded", help="'embedded' or a DiT weights file (official DiT-XL/2 works)")
+    drafter.add_argument("--out", default="runs/drafter")
+    drafter.add_argument("--sampling-steps", type=int, default=250, help="the step count used at sampling")
+    drafter.add_argument("--trajectories", type=int, default=64, help="per CFG scale, over all processes")
+    drafter.add_argument("--cfg-scales", default="1,4", help="comma-separated guidance scales to collect")
+    drafter.add_argument("--steps", type=int, default=1500)
+    drafter.add_argument("--batch-size", type=int, default=32)
+    drafter.add_argument("--unroll", type=int, default=6, help="drafts per training unroll (K)")
+    drafter.add_argument("--lr", type=float, default=2e-3)
+    drafter.add_argument("--seed", type=int, default=0)
+    drafter.add_argument("--max-minutes", type=float, default=None)
+    drafter.add_argument("--collect-batch", type=int, default=32)
+    drafter.add_argument("--device", default=None)
+    drafter.set_defaults(handler=command_train_drafter)
+
+    classifier = sub.add_parser("train-classifier", help="train the metric classifier on the procedural data")
+    classifier.add_argument("--out", default="runs/classifier.safetensors")
+    classifier.add_argument("--steps", type=int, default=600)
+    classifier.add_argument("--seed", type=int, default=0)
+    classifier.set_defaults(handler=command_train_classifier)
     return parser
 
 

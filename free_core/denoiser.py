@@ -34,7 +34,7 @@ class GuidedDenoiser:
         diffusion: GaussianDiffusion,
         cfg_scale: float = 1.0,
         variance: VarianceMode | None = None,
-        clip_denoised: bool = False,
+        clip_denoised: bool | None = None,
     ):
         if not (cfg_scale >= 0 and cfg_scale == cfg_scale and cfg_scale != float("inf")):
             raise ValueError(f"cfg_scale must be a finite number >= 0, got {cfg_scale!r}")
@@ -43,6 +43,8 @@ class GuidedDenoiser:
             raise ValueError(f"variance must be one of {VARIANCE_MODES}, got {variance!r}")
         if variance == "learned" and not model.learn_sigma:
             raise ValueError("variance='learned' needs a learned-sigma model; use variance='fixed_small'")
+        if clip_denoised is None:  # pixel-space models (RGB) clip x0 to the data range, as ADM does; latents do not
+            clip_denoised = model.in_channels == 3
         self.model, self.diffusion = model, diffusion
         self.cfg_scale, self.variance, self.clip_denoised = float(cfg_scale), variance, clip_denoised
 

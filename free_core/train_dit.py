@@ -54,7 +54,8 @@ def diffusion_loss(model: torch.nn.Module, diffusion: GaussianDiffusion, x0: tor
     return (mse + vb).mean()
 
 
-def train_dit(cfg: DiTTrainConfig) -> Path:
+def train_dit(cfg: DiTTrainConfig) -> tuple[Path, list[float]]:
+    """Train (or resume) and save `out/dit_ema.safetensors`; returns it and the per-step losses."""
     ctx = setup_distributed(cfg.device)
     overrides = {k: v for k, v in (("hidden_size", cfg.hidden_size), ("depth", cfg.depth), ("num_heads", cfg.num_heads)) if v}
     torch.manual_seed(cfg.seed)
@@ -79,6 +80,7 @@ def train_dit(cfg: DiTTrainConfig) -> Path:
     generator = torch.Generator().manual_seed(cfg.seed * 1000 + ctx.rank)
     progress = Progress(cfg.steps, "train-dit", enabled=ctx.is_main, start=step)
     started = time.time()
+    losses: list[float] = []
 
     def save_state() -> None:
         if not ctx.is_main:
@@ -108,10 +110,11 @@ def train_dit(cfg: DiTTrainConfig) -> Path:
             for p_ema, p in zip(ema.parameters(), model.parameters()):
                 p_ema.lerp_(p, 1 - decay)
         step += 1
-        progress.update(step, loss=all_reduce_mean(loss.detach(), ctx).item())
+        losses.append(all_reduce_mean(loss.detach(), ctx).item())
+        progress.update(step, loss=losses[-1])
         if step % cfg.checkpoint_every == 0:
             save_state()
     save_state()
     progress.close()
     teardown_distributed(ctx)
-    return out_dir / "dit_ema.safetensors"
+    return out_dir / "dit_ema.safetensors", losses

