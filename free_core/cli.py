@@ -132,6 +132,31 @@ def command_train_classifier(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_bench(args: argparse.Namespace) -> int:
+    from .bench import BenchConfig, quick_config, run_bench
+
+    config = quick_config(args.out_dir) if args.quick else BenchConfig(out_dir=args.out_dir, repeats=args.repeats,
+                                                                      quality_samples=args.quality_samples)
+    if args.sections:
+        config.sections = args.sections.split(",")
+    results = run_bench(config, json_path=None)
+    try:
+        from .bench_report import write_report
+    except ImportError:  # matplotlib missing: the JSON still has everything
+        write_report = None
+    if write_report is not None:
+        command = "python -m free_core bench" + (" --quick" if args.quick else "")
+        try:
+            print(f"wrote {write_report(results, config.out_dir, command)}")
+        except ImportError as error:
+            print(f"no report written ({error}); install matplotlib for the plots")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(results, indent=2))
+        print(f"wrote {args.json}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m free_core", description="FREE speculative sampling for DiTs")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -184,6 +209,15 @@ def build_parser() -> argparse.ArgumentParser:
     drafter.add_argument("--collect-batch", type=int, default=32)
     drafter.add_argument("--device", default=None)
     drafter.set_defaults(handler=command_train_drafter)
+
+    bench = sub.add_parser("bench", help="baseline vs FREE strict/relax vs frozen drafter, side by side")
+    bench.add_argument("--quick", action="store_true", help="a < 2 minute run with every field (used by the tests)")
+    bench.add_argument("--json", default=None, help="also write the results as JSON")
+    bench.add_argument("--out-dir", default="docs", help="where benchmarks.md and images/ go")
+    bench.add_argument("--repeats", type=int, default=3)
+    bench.add_argument("--quality-samples", type=int, default=1000)
+    bench.add_argument("--sections", default=None, help="comma-separated subset of speed,quality,cost")
+    bench.set_defaults(handler=command_bench)
 
     classifier = sub.add_parser("train-classifier", help="train the metric classifier on the procedural data")
     classifier.add_argument("--out", default="runs/classifier.safetensors")

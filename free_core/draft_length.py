@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 if TYPE_CHECKING:
     from .stats import SamplingStats
@@ -12,6 +12,9 @@ class DraftLengthPolicy:
     """Chooses K for the next round from the statistics of the rounds so far."""
 
     label: str | int = "policy"
+
+    def start_run(self, rows_per_state: int, measure: Callable[[list[int]], dict[int, float]] | None = None) -> None:
+        """Called once before the first round; `measure(sizes)` times DiT forwards of those row counts."""
 
     def next_length(self, stats: "SamplingStats") -> int:
         raise NotImplementedError
@@ -26,3 +29,74 @@ class FixedDraftLength(DraftLengthPolicy):
 
     def next_length(self, stats: "SamplingStats") -> int:
         return self.length
+
+
+BatchCostCurve = dict[int, float]  # rows in one DiT forward -> seconds
+
+
+class AdaptiveDraftLength(DraftLengthPolicy):
+    """Pick each round's K to maximise expected steps per second.
+
+    With per-draft acceptance a (an exponential average over past rounds), a round with K drafts advances
+    E[steps] = 1 + a + ... + a^K (K drafts, then one exact transition); it costs one verification of
+    (K+1) x rows_per_round rows, read off a batch-cost curve, plus K drafting passes. K maximises the ratio.
+    Only past rounds and the fixed cost curve enter the choice, so strict mode stays exact, and the choice
+    is deterministic for a given curve.
+    """
+
+    label = "adaptive"
+
+    def __init__(self, max_length: int = 8, cost_curve: BatchCostCurve | None = None, draft_cost_ratio: float = 0.1,
+                 prior_acceptance: float = 0.8, smoothing: float = 0.5):
+        if max_length < 1:
+            raise ValueError(f"max_length must be >= 1, got {max_length}")
+        if not 0 < smoothing <= 1:
+            raise ValueError(f"smoothing must lie in (0, 1], got {smoothing}")
+        # One drafting pass costs draft_cost_ratio x a one-state verification (a drafter is <= 5% of the DiT in
+        # FLOPs, but on small batches kernel overheads dominate: 0.1 is what the embedded model measures on CPU).
+        self.max_length, self.cost_curve, self.draft_cost_ratio = max_length, cost_curve, draft_cost_ratio
+        self.prior_acceptance, self.smoothing = prior_acceptance, smoothing
+        self.rows_per_state = 1
+        self._reset()
+
+    def _reset(self) -> None:
+        self.acceptance = self.prior_acceptance
+        self._seen_proposed = self._seen_accepted = 0
+
+    def start_run(self, rows_per_state: int, measure: Callable[[list[int]], dict[int, float]] | None = None) -> None:
+        """Rows per state = batch x CFG branches; the cost curve is measured once if none was given."""
+        self._reset()
+        self.rows_per_state = rows_per_state
+        if self.cost_curve is None and measure is not None:
+            sizes = [rows_per_state * (k + 1) for k in range(self.max_length + 1)]
+            self.cost_curve = measure(sizes)
+
+    def _cost(self, rows: int) -> float:
+        if not self.cost_curve:
+            return float(rows)  # no curve: cost proportional to work, the pessimistic GPU-saturated case
+        known = sorted(self.cost_curve)
+        if rows in self.cost_curve:
+            return self.cost_curve[rows]
+        below = max([r for r in known if r <= rows], default=known[0])
+        above = min([r for r in known if r >= rows], default=known[-1])
+        if below == above:
+            return self.cost_curve[below] * rows / below
+        w = (rows - below) / (above - below)
+        return (1 - w) * self.cost_curve[below] + w * self.cost_curve[above]
+
+    def observe(self, stats: "SamplingStats") -> None:
+        proposed, accepted = sum(stats.proposed_per_step), sum(stats.accepted_per_step)
+        new_proposed, new_accepted = proposed - self._seen_proposed, accepted - self._seen_accepted
+        if new_proposed:
+            self.acceptance = (1 - self.smoothing) * self.acceptance + self.smoothing * new_accepted / new_proposed
+        self._seen_proposed, self._seen_accepted = proposed, accepted
+
+    def expected_rate(self, k: int) -> float:
+        a = min(self.acceptance, 1 - 1e-6)
+        advance = (1 - a ** (k + 1)) / (1 - a)
+        draft_cost = self.draft_cost_ratio * self._cost(self.rows_per_state)
+        return advance / (self._cost(self.rows_per_state * (k + 1)) + k * draft_cost)
+
+    def next_length(self, stats: "SamplingStats") -> int:
+        self.observe(stats)
+        return max(range(1, self.max_length + 1), key=self.expected_rate)

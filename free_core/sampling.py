@@ -61,6 +61,7 @@ def sample_ancestral(
         stats.rounds += 1
         stats.sequential_dit_calls += 1
         stats.dit_states += n
+        stats.states_per_round.append(n)
         stats.dit_rows += output_rows.shape[0]
         stats.advance_histogram[1] += n
     if callback is not None:

@@ -19,6 +19,7 @@ from typing import Literal
 import torch
 
 from .coupling import maximal_coupling
+from .cost import measure_batch_cost
 from .denoiser import GuidedDenoiser
 from .draft_length import DraftLengthPolicy, FixedDraftLength
 from .drafting import DraftContext, Drafter
@@ -65,6 +66,7 @@ def sample_speculative(
     history_length = drafter.history_length
     stats = SamplingStats(f"free-{mode}", total_steps, n, draft_length=policy.label)
 
+    policy.start_run(n * branches, lambda sizes: measure_batch_cost(denoiser, x, labels, sizes))
     step = torch.full((n,), total_steps - 1, dtype=torch.long)  # current respaced step index; -1 = done
     x = x.clone()
     last_output: torch.Tensor | None = None  # (n, branches, C', H, W) verified output rows at the previous state
@@ -128,6 +130,7 @@ def sample_speculative(
         stats.rounds += 1
         stats.sequential_dit_calls += 1
         stats.dit_states += pair_a.numel()
+        stats.states_per_round.append(pair_a.numel())
         stats.dit_rows += output_rows.shape[0]
 
         # 3. accept the longest prefix; the first rejection keeps the coupled exact sample ---------
@@ -150,6 +153,8 @@ def sample_speculative(
             tested_steps = a_step[rows] - j
             proposed += torch.bincount(tested_steps, minlength=total_steps)
             accepted_count += torch.bincount(tested_steps[accepted], minlength=total_steps)
+            stats.proposed_per_step = proposed.tolist()
+            stats.accepted_per_step = accepted_count.tolist()
             rejected = rows[~accepted]
             new_state[rejected] = y[~accepted]
             stop[rejected] = j
@@ -180,8 +185,6 @@ def sample_speculative(
             history[active] = torch.where((back >= 0)[:, None, :, None, None].to(device), from_round, from_old)
         advances += torch.bincount(stop + 1, minlength=total_steps + 2)
 
-    stats.proposed_per_step = proposed.tolist()
-    stats.accepted_per_step = accepted_count.tolist()
     stats.advance_histogram.update({k: int(v) for k, v in enumerate(advances.tolist()) if v})
     if callback is not None:
         callback({"round": stats.rounds, "steps_done": total_steps, "total_steps": total_steps, "x": x})

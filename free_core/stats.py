@@ -23,6 +23,7 @@ class SamplingStats:
     accepted_per_step: list[int] = field(default_factory=list)
     advance_histogram: Counter = field(default_factory=Counter)  # steps advanced per sample per round
     draft_lengths: list[int] = field(default_factory=list)  # K chosen each round
+    states_per_round: list[int] = field(default_factory=list)  # states in each round's verification forward
     wall_time_s: float = 0.0
 
     def __post_init__(self) -> None:
@@ -66,6 +67,7 @@ class SamplingStats:
             "advance_histogram": {str(k): v for k, v in sorted(self.advance_histogram.items())},
             "mean_advance": self.mean_advance,
             "draft_lengths": self.draft_lengths,
+            "states_per_round": self.states_per_round,
             "wall_time_s": self.wall_time_s,
         }
 

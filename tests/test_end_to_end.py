@@ -90,3 +90,16 @@ def test_each_round_is_one_batched_dit_forward_and_stats_add_up():
     assert max(stats.advance_histogram) <= 6  # K drafts + the free exact transition
     assert sum(stats.accepted_per_step) <= sum(stats.proposed_per_step)
     assert stats.acceptance_per_step[0] is None  # the final deterministic step is never drafted
+
+
+def test_adaptive_draft_length_keeps_strict_exact():
+    from free_core.draft_length import AdaptiveDraftLength
+
+    denoiser = _toy(2, learn_sigma=True)
+    baseline, _ = _run(sample_ancestral, denoiser, 2, seed=0)
+    # A sublinear cost curve (as on small batches) so that the policy really varies K with acceptance.
+    policy = AdaptiveDraftLength(max_length=8, cost_curve={rows: 1 + 0.0001 * rows for rows in (2000, 18000)})
+    free, stats = _run(sample_speculative, denoiser, 2, seed=1, draft_length=policy)
+    assert len(set(stats.draft_lengths[1:])) > 1, "the adaptive policy should change K across rounds"
+    _, p_value = energy_test(baseline, free)
+    assert p_value > ALPHA

@@ -1,0 +1,194 @@
+"""`python -m free_core bench`: baseline vs FREE strict / relax vs the frozen drafter, side by side in one run.
+
+Every ratio is against the baseline measured in the same run, on the same noise and labels. Wall clock is the
+median of `repeats` runs; peak memory is the process's peak resident set during a run (Linux: VmHWM, reset
+through /proc/self/clear_refs before each run). Quality (FD, class accuracy) uses the shipped classifier.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .checkpoints import EMBEDDED_DRAFTER, load_embedded_dit
+from .cost import measure_batch_cost
+from .denoiser import GuidedDenoiser
+from .diffusion import GaussianDiffusion
+from .draft_length import AdaptiveDraftLength
+from .drafter import load_drafter
+from .drafting import FrozenDrafter
+from .eval import load_classifier, quality_report, reference_features
+from .sampling import initial_noise, sample_ancestral
+from .speculative import sample_speculative
+from .stats import SamplingStats
+
+
+@dataclass
+class BenchConfig:
+    steps: tuple[int, ...] = (50, 250)
+    batches: tuple[int, ...] = (1, 8)
+    draft_lengths: tuple[int | str, ...] = (2, 4, 6, 8, "adaptive")
+    relax_strengths: tuple[float, ...] = (0.5, 1.0, 2.0)
+    repeats: int = 3
+    quality_samples: int = 1000
+    quality_steps: int = 250
+    cfg_scale: float = 1.0
+    seed: int = 0
+    out_dir: str = "docs"
+    quick: bool = False
+    sections: list[str] = field(default_factory=lambda: ["speed", "quality", "cost"])
+
+
+def quick_config(out_dir: str = "runs/bench-quick") -> BenchConfig:
+    """The < 2 minute variant run by the test suite: every field, tiny sizes."""
+    return BenchConfig(steps=(20,), batches=(1, 2), draft_lengths=(4, "adaptive"), relax_strengths=(1.0,), repeats=1,
+                       quality_samples=20, quality_steps=20, out_dir=out_dir, quick=True)
+
+
+def _reset_peak_memory() -> None:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _peak_memory_mb() -> float | None:
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def _policy(draft_length: int | str) -> int | AdaptiveDraftLength:
+    return AdaptiveDraftLength() if draft_length == "adaptive" else int(draft_length)
+
+
+def run_speed(config: BenchConfig, model, drafters: dict, log) -> list[dict]:
+    rows = []
+    for steps in config.steps:
+        diffusion = GaussianDiffusion.respaced(steps)
+        denoiser = GuidedDenoiser(model, diffusion, cfg_scale=config.cfg_scale)
+        for batch in config.batches:
+            g = torch.Generator().manual_seed(config.seed)
+            x_T = initial_noise((batch, model.in_channels, model.input_size, model.input_size), g)
+            labels = torch.arange(batch) % model.num_classes
+            variants = [("baseline", None, None, "strict", 0.0), ("strict", "frozen", 6, "strict", 0.0)]
+            variants += [("strict", "learned", k, "strict", 0.0) for k in config.draft_lengths]
+            variants += [("relax", "learned", "adaptive", "relax", s) for s in config.relax_strengths]
+            baseline_time = None
+            for name, drafter_name, draft_length, mode, strength in variants:
+                times, stats, peak = [], None, None
+                for repeat in range(config.repeats):
+                    generator = torch.Generator().manual_seed(config.seed + 1)
+                    _reset_peak_memory()
+                    started = time.perf_counter()
+                    if drafter_name is None:
+                        _, stats = sample_ancestral(denoiser, x_T, labels, generator)
+                    else:
+                        _, stats = sample_speculative(denoiser, drafters[drafter_name], x_T, labels, generator,
+                                                      draft_length=_policy(draft_length), mode=mode, relax_strength=strength)
+                    times.append(time.perf_counter() - started)
+                    peak = _peak_memory_mb()
+                wall = statistics.median(times)
+                baseline_time = wall if drafter_name is None else baseline_time
+                row = {
+                    "steps": steps, "batch": batch, "sampler": name, "drafter": drafter_name or "-",
+                    "draft_length": draft_length or "-", "relax_strength": strength,
+                    "sequential_dit_calls": stats.sequential_dit_calls, "call_reduction": stats.call_reduction(),
+                    "dit_states": stats.dit_states, "acceptance": stats.acceptance_rate,
+                    "mean_advance": stats.mean_advance, "wall_time_s": wall, "wall_times_s": times,
+                    "wall_clock_speedup": baseline_time / wall, "peak_memory_mb": peak,
+                    "acceptance_per_step": stats.acceptance_per_step,
+                    "advance_histogram": {str(k): v for k, v in sorted(stats.advance_histogram.items())},
+                    "draft_lengths_chosen": stats.draft_lengths,
+                }
+                rows.append(row)
+                log(f"steps={steps} batch={batch} {name:8s} {row['drafter']:7s} K={row['draft_length']!s:8s} "
+                    f"relax={strength:<4} calls={row['sequential_dit_calls']:4d} ({row['call_reduction']:.2f}x) "
+                    f"accept={row['acceptance']:.3f} wall={wall:.2f}s ({row['wall_clock_speedup']:.2f}x)")
+    return rows
+
+
+def run_quality(config: BenchConfig, model, drafters: dict, log) -> list[dict]:
+    classifier = load_classifier()
+    reference = reference_features(classifier, max(config.quality_samples, 500))
+    diffusion = GaussianDiffusion.respaced(config.quality_steps)
+    denoiser = GuidedDenoiser(model, diffusion, cfg_scale=config.cfg_scale)
+    n = config.quality_samples
+    g = torch.Generator().manual_seed(config.seed + 7)
+    x_T = initial_noise((n, model.in_channels, model.input_size, model.input_size), g)
+    labels = torch.arange(n) % model.num_classes
+    variants = [("baseline", None, "strict", 0.0), ("strict", "learned", "strict", 0.0)]
+    variants += [("relax", "learned", "relax", s) for s in config.relax_strengths]
+    rows = []
+    for name, drafter_name, mode, strength in variants:
+        generator = torch.Generator().manual_seed(config.seed + 8)
+        if drafter_name is None:
+            images, stats = sample_ancestral(denoiser, x_T, labels, generator)
+        else:
+            images, stats = sample_speculative(denoiser, drafters[drafter_name], x_T, labels, generator,
+                                               draft_length=AdaptiveDraftLength(), mode=mode, relax_strength=strength)
+        report = quality_report(classifier, images, labels, reference)
+        row = {"sampler": name, "relax_strength": strength, "steps": config.quality_steps, **report,
+               "acceptance": stats.acceptance_rate, "mean_advance": stats.mean_advance}
+        rows.append(row)
+        log(f"quality {name:8s} relax={strength:<4} n={n} FD={report['fd']:.3f} accuracy={report['class_accuracy']:.3f} "
+            f"mean advance={stats.mean_advance:.2f}")
+    real_images_fd = _real_fd(classifier, reference, n)
+    rows.append({"sampler": "real images (held-out seed)", "relax_strength": 0.0, "steps": 0, "fd": real_images_fd,
+                 "class_accuracy": None, "n": n})
+    return rows
+
+
+def _real_fd(classifier, reference, n) -> float:
+    """FD between two disjoint sets of real images: the noise floor of FD at this n."""
+    from .eval import classifier_features, frechet_distance
+    from .data import make_batch
+
+    images, _ = make_batch(n, seed=424242)
+    return frechet_distance(classifier_features(classifier, images), reference)
+
+
+def run_cost_curve(model, config: BenchConfig, rows_max: int = 64) -> dict[int, float]:
+    denoiser = GuidedDenoiser(model, GaussianDiffusion.respaced(50))
+    x = torch.zeros(1, model.in_channels, model.input_size, model.input_size)
+    sizes = [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64] if not config.quick else [1, 2, 4, 8]
+    return measure_batch_cost(denoiser, x, torch.zeros(1, dtype=torch.long), [s for s in sizes if s <= rows_max],
+                              repeats=max(3, config.repeats))
+
+
+def machine_description() -> str:
+    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+            f"{torch.get_num_threads()} threads, Python {platform.python_version()}")
+
+
+def run_bench(config: BenchConfig, json_path: str | None = None, log=print) -> dict:
+    model = load_embedded_dit()
+    drafters = {"frozen": FrozenDrafter(), "learned": load_drafter(EMBEDDED_DRAFTER, model)}
+    results: dict = {"machine": machine_description(), "config": {k: v for k, v in config.__dict__.items()}}
+    started = time.perf_counter()
+    if "cost" in config.sections:
+        results["batch_cost_curve"] = {str(k): v for k, v in run_cost_curve(model, config).items()}
+    if "speed" in config.sections:
+        results["speed"] = run_speed(config, model, drafters, log)
+    if "quality" in config.sections:
+        results["quality"] = run_quality(config, model, drafters, log)
+    results["bench_time_s"] = time.perf_counter() - started
+    if json_path:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_path).write_text(json.dumps(results, indent=2))
+    return results

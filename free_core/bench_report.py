@@ -1,0 +1,181 @@
+"""Write the bench results as docs/benchmarks.md with PNG plots (matplotlib, a dev dependency)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .projection import DIT_XL2_GFLOPS, GpuAssumptions, roofline_curve
+from .stats import SamplingStats
+
+
+def _stats_from_row(row: dict) -> SamplingStats:
+    stats = SamplingStats(row["sampler"], row["steps"], row["batch"])
+    stats.states_per_round = row["states_per_round"]
+    stats.draft_lengths = [k for k in row["draft_lengths_chosen"]]
+    return stats
+
+
+def gpu_projection_rows(speed_rows: list[dict], assumptions: GpuAssumptions = GpuAssumptions()) -> list[dict]:
+    """Project each measured speculative run's round structure onto DiT-XL/2 roofline curves (CFG: 2 rows per state)."""
+    from .projection import projected_speedup
+
+    rows = []
+    for resolution in DIT_XL2_GFLOPS:
+        curve = roofline_curve(resolution, assumptions, max_rows=256)
+        for row in speed_rows:
+            if row["sampler"] == "baseline":
+                continue
+            stats = _stats_from_row(row)
+            rows.append({
+                "resolution": resolution, "steps": row["steps"], "batch": row["batch"], "sampler": row["sampler"],
+                "drafter": row["drafter"], "draft_length": row["draft_length"], "relax_strength": row["relax_strength"],
+                "call_reduction": row["call_reduction"],
+                "projected_speedup": projected_speedup(stats, curve, branches=2, draft_cost_ratio=0.02),
+            })
+    return rows
+
+
+def write_report(results: dict, out_dir: str | Path, command: str) -> Path:
+    out_dir = Path(out_dir)
+    images = out_dir / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    speed, quality = results.get("speed", []), results.get("quality", [])
+    curve = {int(k): v for k, v in results.get("batch_cost_curve", {}).items()}
+    lines = [
+        "# Benchmarks: baseline vs FREE strict / relax vs the frozen drafter",
+        "",
+        f"Command: `{command}`  ",
+        f"Machine: {results['machine']}  ",
+        f"Total bench time: {results['bench_time_s']:.0f} s. Every ratio is against the baseline measured in the same run, "
+        "on the same noise and labels; wall clock is the median of the repeats.",
+        "",
+    ]
+    if speed:
+        lines += ["## Speed (embedded DiT, CFG 1, learned variance)", "",
+                  "| steps | batch | sampler | drafter | K | relax | sequential DiT calls | fewer calls | DiT states | acceptance | mean steps/round | wall s | wall-clock speedup | peak RSS MB |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in speed:
+            lines.append(
+                f"| {r['steps']} | {r['batch']} | {r['sampler']} | {r['drafter']} | {r['draft_length']} | {r['relax_strength']:g} | "
+                f"{r['sequential_dit_calls']} | {r['call_reduction']:.2f}x | {r['dit_states']} | {r['acceptance']:.3f} | "
+                f"{r['mean_advance']:.2f} | {r['wall_time_s']:.2f} | {r['wall_clock_speedup']:.2f}x | "
+                f"{r['peak_memory_mb'] or 0:.0f} |")
+        lines.append("")
+    if curve:
+        lines += ["## Measured batch-cost curve (one DiT forward)", "",
+                  "| rows | seconds | seconds per row | relative to 1 row |", "|---|---|---|---|"]
+        for rows in sorted(curve):
+            lines.append(f"| {rows} | {curve[rows]:.4f} | {curve[rows] / rows:.4f} | {curve[rows] / curve[min(curve)]:.2f}x |")
+        lines += ["", "A round that verifies K+1 states costs cost(K+1) instead of K+1 sequential calls; the curve bounds "
+                  "what any speculative sampler can gain on this machine.", "", "![batch cost](images/batch_cost.png)", ""]
+        _plot_cost_curve(curve, images / "batch_cost.png")
+        if speed:
+            from .projection import projected_speedup
+
+            lines += ["### Cost model check on this CPU", "",
+                      "Projected speedup = steps x cost(batch) / sum over rounds of cost(states in the round), using the measured curve, "
+                      "against the measured wall-clock speedup:", "",
+                      "| steps | batch | sampler | K | relax | projected | measured |", "|---|---|---|---|---|---|---|"]
+            for r in speed:
+                if r["sampler"] == "baseline" or r["drafter"] != "learned":
+                    continue
+                projected = projected_speedup(_stats_from_row(r), curve, branches=1, draft_cost_ratio=0.1)
+                lines.append(f"| {r['steps']} | {r['batch']} | {r['sampler']} | {r['draft_length']} | {r['relax_strength']:g} | "
+                             f"{projected:.2f}x | {r['wall_clock_speedup']:.2f}x |")
+            lines.append("")
+    if speed:
+        _plot_acceptance(speed, images / "acceptance_per_step.png")
+        lines += ["## Acceptance per step", "", "![acceptance per step](images/acceptance_per_step.png)", ""]
+    if quality:
+        lines += [f"## Quality (n = {quality[0]['n']} samples, {quality[0]['steps']} steps, shipped classifier)", "",
+                  "| sampler | relax | FD | class accuracy | mean steps/round |", "|---|---|---|---|---|"]
+        for q in quality:
+            accuracy = "-" if q.get("class_accuracy") is None else f"{q['class_accuracy']:.3f}"
+            advance = f"{q['mean_advance']:.2f}" if "mean_advance" in q else "-"
+            lines.append(f"| {q['sampler']} | {q['relax_strength']:g} | {q['fd']:.3f} | {accuracy} | {advance} |")
+        lines += ["", "The real-images row is FD between two disjoint real sets of the same size: the noise floor of FD at this n.", "",
+                  "![speed vs quality](images/speed_vs_quality.png)", ""]
+        _plot_speed_quality(quality, images / "speed_vs_quality.png")
+    if speed:
+        assumptions = GpuAssumptions()
+        projection = gpu_projection_rows(speed, assumptions)
+        results["gpu_projection"] = {"assumptions": assumptions.to_dict(), "rows": projection}
+        lines += ["## GPU projection for DiT-XL/2 (a projection, not a measurement)", "",
+                  f"Assumptions: {assumptions.to_dict()}; forward GFLOPs per image {DIT_XL2_GFLOPS} (DiT paper), "
+                  "bf16 weights, CFG (2 rows per state), drafting 2% of a one-state forward. The round structure "
+                  "(states per round) is the one measured above on the embedded model; DiT-XL/2's own acceptance may differ.", "",
+                  "| resolution | steps | batch | sampler | drafter | K | relax | fewer calls | projected wall-clock speedup |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for p in projection:
+            lines.append(f"| {p['resolution']} | {p['steps']} | {p['batch']} | {p['sampler']} | {p['drafter']} | {p['draft_length']} | "
+                         f"{p['relax_strength']:g} | {p['call_reduction']:.2f}x | {p['projected_speedup']:.2f}x |")
+        lines.append("")
+    path = out_dir / "benchmarks.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _plot_cost_curve(curve: dict[int, float], path: Path) -> None:
+    plt = _pyplot()
+    rows = sorted(curve)
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(rows, [curve[r] * 1e3 for r in rows], "o-", label="measured (this machine)")
+    ax.plot(rows, [curve[rows[0]] * 1e3 * r / rows[0] for r in rows], "--", color="grey", label="linear in rows")
+    ax.set_xlabel("rows in one DiT forward")
+    ax.set_ylabel("ms per forward")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _plot_acceptance(speed: list[dict], path: Path) -> None:
+    plt = _pyplot()
+    steps = max(r["steps"] for r in speed)
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    for r in speed:
+        if r["steps"] != steps or r["batch"] != min(x["batch"] for x in speed) or r["sampler"] == "baseline":
+            continue
+        if r["drafter"] == "learned" and r["sampler"] == "strict" and r["draft_length"] != "adaptive":
+            continue
+        per_step = r["acceptance_per_step"]
+        xs = [i for i, a in enumerate(per_step) if a is not None]
+        label = f"{r['sampler']} {r['drafter']} K={r['draft_length']}" + (f" relax={r['relax_strength']:g}" if r["sampler"] == "relax" else "")
+        ax.plot(xs, [per_step[i] for i in xs], ".", markersize=3, label=label)
+    ax.set_xlabel("step index (0 = last denoising step)")
+    ax.set_ylabel("acceptance of drafted transitions")
+    ax.invert_xaxis()
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _plot_speed_quality(quality: list[dict], path: Path) -> None:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for q in quality:
+        if "mean_advance" not in q:
+            ax.axhline(q["fd"], color="grey", linestyle=":", label="real vs real (noise floor)")
+            continue
+        ax.plot(q["mean_advance"], q["fd"], "o")
+        ax.annotate(f"{q['sampler']} {q['relax_strength']:g}" if q["sampler"] == "relax" else q["sampler"],
+                    (q["mean_advance"], q["fd"]), fontsize=8)
+    ax.set_xlabel("mean steps per DiT call (per sample)")
+    ax.set_ylabel("FD (lower is better)")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,34 @@
+"""Measured cost of DiT forwards by batch size: what bounds any speculative sampler's wall-clock gain."""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+
+from .denoiser import GuidedDenoiser
+
+
+@torch.no_grad()
+def measure_batch_cost(denoiser: GuidedDenoiser, x: torch.Tensor, labels: torch.Tensor, row_counts: list[int],
+                       repeats: int = 3) -> dict[int, float]:
+    """Median seconds of one DiT forward (features + head) for each row count (rows = states x CFG branches)."""
+    model = denoiser.model
+    shape = x.shape[1:]
+    curve: dict[int, float] = {}
+    for rows in sorted(set(row_counts)):
+        inputs = torch.zeros((rows, *shape), dtype=x.dtype, device=x.device)
+        t = torch.full((rows,), int(denoiser.diffusion.model_timesteps[-1]), device=x.device)
+        y = labels[:1].expand(rows).clone()
+        times = []
+        for _ in range(repeats + 1):  # the first call warms caches and is dropped
+            if x.device.type == "cuda":
+                torch.cuda.synchronize(x.device)
+            started = time.perf_counter()
+            model.head(model.features(inputs, t, y), t, y)
+            if x.device.type == "cuda":
+                torch.cuda.synchronize(x.device)
+            times.append(time.perf_counter() - started)
+        curve[rows] = statistics.median(times[1:])
+    return curve

@@ -1,0 +1,42 @@
+"""The adaptive draft length picks the K that maximises expected steps per second."""
+
+import pytest
+
+from free_core.draft_length import AdaptiveDraftLength, FixedDraftLength
+from free_core.stats import SamplingStats
+
+
+def _stats_with(accepted: int, proposed: int) -> SamplingStats:
+    stats = SamplingStats("free-strict", 10, 1)
+    stats.proposed_per_step[3], stats.accepted_per_step[3] = proposed, accepted
+    return stats
+
+
+def test_high_acceptance_and_cheap_batches_draft_long():
+    policy = AdaptiveDraftLength(max_length=8, cost_curve={1: 1.0, 9: 1.2}, draft_cost_ratio=0.0, smoothing=1.0)
+    policy.start_run(1)
+    assert policy.next_length(_stats_with(95, 100)) == 8
+
+
+def test_low_acceptance_or_linear_cost_draft_short():
+    policy = AdaptiveDraftLength(max_length=8, cost_curve={1: 1.0, 9: 1.2}, smoothing=1.0)
+    policy.start_run(1)
+    assert policy.next_length(_stats_with(5, 100)) == 1
+    linear = AdaptiveDraftLength(max_length=8, cost_curve={1: 1.0, 9: 9.0}, smoothing=1.0)
+    linear.start_run(1)
+    assert linear.next_length(_stats_with(80, 100)) == 1  # verification costs as much as sequential calls
+
+
+def test_policy_measures_its_curve_once_per_run_and_only_from_the_past():
+    calls = []
+    policy = AdaptiveDraftLength(max_length=4)
+    policy.start_run(2, lambda sizes: calls.append(sizes) or {s: 1.0 + 0.01 * s for s in sizes})
+    assert calls == [[2, 4, 6, 8, 10]]
+    first = policy.next_length(_stats_with(0, 0))
+    assert first == policy.next_length(_stats_with(0, 0))  # nothing new observed: same choice
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True])
+def test_fixed_length_rejects_bad_values(bad):
+    with pytest.raises(ValueError, match="draft_length"):
+        FixedDraftLength(bad)
