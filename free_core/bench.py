@@ -39,7 +39,7 @@ class BenchConfig:
     repeats: int = 3
     quality_samples: int = 1000
     quality_steps: int = 250
-    cfg_scale: float = 1.0
+    cfg_scale: float = 4.0
     seed: int = 0
     out_dir: str = "docs"
     quick: bool = False

@@ -51,7 +51,7 @@ def write_report(results: dict, out_dir: str | Path, command: str) -> Path:
         "",
     ]
     if speed:
-        lines += ["## Speed (embedded DiT, CFG 1, learned variance)", "",
+        lines += [f"## Speed (embedded DiT, CFG {results['config']['cfg_scale']:g}, learned variance)", "",
                   "| steps | batch | sampler | drafter | K | relax | sequential DiT calls | fewer calls | DiT states | acceptance | mean steps/round | wall s | wall-clock speedup | peak RSS MB |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in speed:

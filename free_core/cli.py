@@ -157,6 +157,12 @@ def command_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_model_card(args: argparse.Namespace) -> int:
+    from .model_card import main as model_card_main
+
+    return model_card_main(quality_samples=args.quality_samples, notes_path=args.notes)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m free_core", description="FREE speculative sampling for DiTs")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -168,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--mode", default="compare", choices=["off", "strict", "relax", "compare"])
     sample.add_argument("--steps", type=int, default=250)
     sample.add_argument("--batch", type=int, default=8)
-    sample.add_argument("--cfg", type=float, default=1.0)
+    sample.add_argument("--cfg", type=float, default=4.0, help="classifier-free guidance scale (1 = off)")
     sample.add_argument("--variance", default=None, choices=VARIANCE_MODES, help="default: learned if the model learns sigma")
     sample.add_argument("--draft-length", type=int, default=6)
     sample.add_argument("--relax-strength", type=float, default=2.0)
@@ -218,6 +224,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--quality-samples", type=int, default=1000)
     bench.add_argument("--sections", default=None, help="comma-separated subset of speed,quality,cost")
     bench.set_defaults(handler=command_bench)
+
+    card = sub.add_parser("model-card", help="measure the shipped weights and write free_core/weights/MODEL_CARD.md")
+    card.add_argument("--quality-samples", type=int, default=500)
+    card.add_argument("--notes", default=None, help="JSON with training notes for the card")
+    card.set_defaults(handler=command_model_card)
 
     classifier = sub.add_parser("train-classifier", help="train the metric classifier on the procedural data")
     classifier.add_argument("--out", default="runs/classifier.safetensors")
