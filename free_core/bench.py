@@ -114,7 +114,7 @@ def run_speed(config: BenchConfig, model, drafters: dict, log) -> list[dict]:
                     "wall_clock_speedup": baseline_time / wall, "peak_memory_mb": peak,
                     "acceptance_per_step": stats.acceptance_per_step,
                     "advance_histogram": {str(k): v for k, v in sorted(stats.advance_histogram.items())},
-                    "draft_lengths_chosen": stats.draft_lengths,
+                    "draft_lengths_chosen": stats.draft_lengths, "states_per_round": stats.states_per_round,
                 }
                 rows.append(row)
                 log(f"steps={steps} batch={batch} {name:8s} {row['drafter']:7s} K={row['draft_length']!s:8s} "
