@@ -25,7 +25,7 @@ DRAFT_POLICIES = ("fixed", "adaptive")
 
 
 def draft_length_policy(length: int, policy: str = "fixed") -> DraftLengthPolicy:
-    """K per round: `fixed` at `length`, or `adaptive` (free_core.draft_length.AdaptiveDraftLength)."""
+    """K per round: `fixed` at `length`, or `adaptive` up to `length` (free_core.draft_length.AdaptiveDraftLength)."""
     if policy == "fixed":
         return FixedDraftLength(length)
     if policy == "adaptive":
@@ -37,7 +37,7 @@ def draft_length_policy(length: int, policy: str = "fixed") -> DraftLengthPolicy
                 "draft_policy='adaptive' needs free_core.draft_length.AdaptiveDraftLength, which this version of "
                 "free_core does not have; use draft_policy='fixed' (or update ComfyUI-FREE)"
             )
-        return adaptive()
+        return adaptive(max_length=length)
     raise ValueError(f"draft_policy must be one of {DRAFT_POLICIES}, got {policy!r}")
 
 

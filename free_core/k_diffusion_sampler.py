@@ -127,6 +127,7 @@ def sample_free_euler_ancestral(
     n, total_steps = x.shape[0], len(sigmas) - 1
     sigmas = sigmas.to(x.device)
     stats = SamplingStats(f"free-euler-ancestral-{mode}", total_steps, n, draft_length=policy.label)
+    policy.start_run(n)  # a black-box model: no batch-cost curve (an adaptive K then assumes cost ~ rows)
     proposed = torch.zeros(total_steps, dtype=torch.long)
     accepted_count = torch.zeros(total_steps, dtype=torch.long)
 

@@ -22,8 +22,9 @@ import traceback
 import uuid
 from pathlib import Path
 
+from workflow_files import embedded_weights_present, load_workflow, workflow_names  # this script's folder
+
 HERE = Path(__file__).resolve().parent
-SKIP_FOR_CURRENT_ONLY = {"SamplerCustomAdvanced"}
 
 
 def main() -> None:
@@ -133,33 +134,19 @@ class Runner:
                                           depth=2, num_heads=4, num_classes=1000)
             torch.save(_random_dit(dit_module.DiT(config), seed=resolution).state_dict(), path)  # official layout
             notes.append(f"{path.name}: random DiT (hidden 64, depth 2) with DiT-XL/2-{resolution}'s latent geometry")
-        vae = {  # the keys ComfyUI reads to pick the SD VAE layout; every other weight is random
-            "encoder.down.2.downsample.conv.weight": torch.randn(512, 512, 3, 3) * 0.01,
-            "decoder.conv_in.weight": torch.randn(512, 4, 3, 3) * 0.01,
-            "post_quant_conv.weight": torch.eye(4).reshape(4, 4, 1, 1),
-        }
-        save_file(vae, str(self.models / "vae" / "vae-ft-mse-840000-ema-pruned.safetensors"))
+        save_file(_random_sd_vae(), str(self.models / "vae" / "vae-ft-mse-840000-ema-pruned.safetensors"))
         notes.append("vae-ft-mse-840000-ema-pruned.safetensors: SD VAE layout, random weights")
         micro = dit_module.DiT(dit_module.dit_config("DiT-Micro/8"))
         checkpoints.save_dit(self.models / "diffusion_models" / "dit_micro_random.safetensors", _random_dit(micro, seed=7))
         other = dit_module.DiT(dit_module.dit_config("DiT-Micro/8"))
         checkpoints.save_dit(self.models / "diffusion_models" / "dit_micro_other.safetensors", _random_dit(other, seed=8))
-        self.embedded_present = checkpoints.EMBEDDED_DIT.is_file() and checkpoints.EMBEDDED_DRAFTER.is_file()
+        self.embedded_present = embedded_weights_present()
         if not self.embedded_present:
             notes.append("embedded weights missing: 'embedded' replaced by dit_micro_random.safetensors + frozen drafter")
         return notes
 
     def _workflow(self, name: str) -> dict:
-        workflow = json.loads((Path(self.pack_module.__file__).parent / "workflows" / f"{name}.json").read_text())
-        if not self.embedded_present:
-            for node in workflow["nodes"]:
-                if node["type"] == "FREEDiTLoader" and node["widgets_values"] == ["embedded"]:
-                    node["widgets_values"] = ["dit_micro_random.safetensors"]
-                if node["type"] == "FREEDrafterLoader" and node["widgets_values"] == ["embedded"]:
-                    node["widgets_values"] = ["frozen (training-free)"]
-                if node["type"] == "FREEClassLabel":
-                    node["widgets_values"] = node["widgets_values"]  # the embedded class names fit the random 10-class DiT
-        return workflow
+        return load_workflow(name, Path(self.pack_module.__file__).parent / "workflows")
 
     # ------------------------------------------------------------------ execution
     def _progress_hook(self, value, total, preview=None, prompt_id=None, node_id=None):
@@ -221,10 +208,9 @@ class Runner:
     # ------------------------------------------------------------------ scenarios
     def scenario_workflows(self) -> dict:
         results = {}
-        for path in sorted((Path(self.pack_module.__file__).parent / "workflows").glob("*.json")):
-            prompt = self.convert(self._workflow(path.stem))
-            result = self.execute(prompt)
-            results[path.stem] = _summarize(result, prompt)
+        for name in workflow_names(Path(self.pack_module.__file__).parent / "workflows"):
+            prompt = self.convert(self._workflow(name))
+            results[name] = _summarize(self.execute(prompt), prompt)
         return results
 
     def scenario_determinism_and_interrupt(self) -> dict:
@@ -300,7 +286,7 @@ class Runner:
         train = {
             "dit": {"class_type": "FREEDiTLoader", "inputs": {"dit_name": "dit_micro_random.safetensors"}},
             "train": {"class_type": "FREETrainDrafter", "inputs": {"model": ["dit", 0], "filename": "micro_drafter",
-                      "sampling_steps": 12, "trajectories": 4, "train_steps": 6, "batch_size": 8, "seed": 0}},
+                      "sampling_steps": 8, "trajectories": 2, "train_steps": 3, "batch_size": 4, "seed": 0}},
         }
         self.progress.clear()
         trained = self.execute(train)
@@ -312,7 +298,7 @@ class Runner:
             "latent": {"class_type": "FREEEmptyLatent", "inputs": {"model": ["dit", 0], "batch_size": 2}},
             "sampler": {"class_type": "FREEKSampler", "inputs": {
                 "model": ["dit", 0], "drafter": ["drafter", 0], "positive": ["label", 0], "negative": ["label", 1],
-                "latent_image": ["latent", 0], "seed": 3, "steps": 12, "cfg": 1.0, "mode": "strict", "draft_length": 4,
+                "latent_image": ["latent", 0], "seed": 3, "steps": 8, "cfg": 1.0, "mode": "strict", "draft_length": 4,
                 "draft_policy": "fixed", "relax_strength": 0.0}},
             "stats": {"class_type": "FREEStats", "inputs": {"stats": ["sampler", 1]}},
         }
@@ -366,6 +352,28 @@ def _random_dit(model, seed: int):
         if name != "pos_embed":
             parameter.data = torch.randn(parameter.shape, generator=generator) * 0.02
     return model.eval()
+
+
+def _random_sd_vae() -> dict:
+    """Every weight of ComfyUI's SD VAE layout, random but well scaled (ComfyUI's layers skip initialization)."""
+    import comfy.sd
+    import torch
+
+    layout = {  # the keys ComfyUI reads to choose the SD1.x VAE
+        "encoder.down.2.downsample.conv.weight": torch.zeros(512, 512, 3, 3),
+        "decoder.conv_in.weight": torch.zeros(512, 4, 3, 3),
+        "post_quant_conv.weight": torch.zeros(4, 4, 1, 1),
+    }
+    shapes = {k: v.shape for k, v in comfy.sd.VAE(sd=layout).first_stage_model.state_dict().items()}
+    generator = torch.Generator().manual_seed(0)
+    state = {}
+    for name, shape in shapes.items():
+        if len(shape) >= 2:
+            fan_in = int(torch.tensor(shape[1:]).prod())
+            state[name] = (torch.randn(shape, generator=generator) / fan_in**0.5).half()
+        else:
+            state[name] = (torch.ones(shape) if "norm" in name and name.endswith("weight") else torch.zeros(shape)).half()
+    return state
 
 
 def _cached(entry):

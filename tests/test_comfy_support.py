@@ -1,0 +1,113 @@
+"""The free_core pieces behind the ComfyUI nodes: class choices, generate, plots, images, in-process drafter training."""
+
+import pytest
+import torch
+
+from free_core.class_labels import class_choices, resolve_class
+from free_core.data import CLASS_NAMES
+from free_core.dit import DiT, dit_config
+from free_core.draft_length import FixedDraftLength
+from free_core.drafter_fit import fit_drafter
+from free_core.drafting import FrozenDrafter
+from free_core.generate import draft_length_policy, generate
+from free_core.image_tensors import samples_to_images
+from free_core.imagenet_classes import IMAGENET_CLASSES
+from free_core.stats_plot import render_stats_plot, stats_text
+from free_core.train_drafter import DrafterTrainConfig
+
+
+@pytest.fixture(scope="module")
+def micro():
+    torch.manual_seed(0)
+    model = DiT(dit_config("DiT-Micro/8")).eval()
+    for name, parameter in model.named_parameters():
+        if name != "pos_embed":
+            torch.nn.init.normal_(parameter, std=0.02)
+    return model
+
+
+def test_imagenet_class_list_is_complete_and_in_index_order():
+    assert len(IMAGENET_CLASSES) == len(set(IMAGENET_CLASSES)) == 1000
+    assert IMAGENET_CLASSES[0] == "tench" and IMAGENET_CLASSES[207] == "Golden Retriever" and IMAGENET_CLASSES[999] == "toilet paper"
+
+
+def test_class_choices_resolve_by_name_or_index_for_the_right_model():
+    choices = class_choices()
+    assert len(choices) == len(CLASS_NAMES) + 1000 and len(set(choices)) == len(choices)
+    assert resolve_class("207 Golden Retriever", -1, 1000) == (207, "Golden Retriever")
+    assert resolve_class("3 ring [embedded]", -1, 10) == (3, "ring")
+    assert resolve_class("207 Golden Retriever", 88, 1000) == (88, "macaw")
+    assert resolve_class("0 disk [embedded]", 5, 64) == (5, "class 5")
+
+
+@pytest.mark.parametrize("choice, index, classes, message", [
+    ("207 Golden Retriever", -1, 10, "ImageNet class"),
+    ("3 ring [embedded]", -1, 1000, "embedded 10-class model"),
+    ("0 tench", 1000, 1000, "class_index 1000 is out of range"),
+    ("Golden Retriever", -1, 1000, "not a class choice"),
+])
+def test_wrong_class_for_the_model_is_a_clear_error(choice, index, classes, message):
+    with pytest.raises(ValueError, match=message):
+        resolve_class(choice, index, classes)
+
+
+def test_generate_is_deterministic_and_strict_saves_calls(micro):
+    labels = torch.tensor([1, 2])
+    first, stats = generate(micro, FrozenDrafter(), labels, seed=3, steps=20, cfg_scale=2.0, mode="strict")
+    again, _ = generate(micro, FrozenDrafter(), labels, seed=3, steps=20, cfg_scale=2.0, mode="strict")
+    baseline, base_stats = generate(micro, FrozenDrafter(), labels, seed=3, steps=20, cfg_scale=2.0, mode="off")
+    assert torch.equal(first, again) and first.shape == (2, 3, 32, 32)
+    assert base_stats.rounds == 20 and stats.rounds < 20
+    with pytest.raises(ValueError, match="mode"):
+        generate(micro, FrozenDrafter(), labels, seed=3, steps=20, cfg_scale=2.0, mode="fast")
+
+
+def test_draft_length_policy_names_fixed_and_adaptive():
+    assert isinstance(draft_length_policy(4, "fixed"), FixedDraftLength)
+    assert draft_length_policy(5, "adaptive").label == "adaptive"
+    with pytest.raises(ValueError, match="draft_policy"):
+        draft_length_policy(4, "greedy")
+
+
+def test_stats_plot_and_text(micro):
+    _, stats = generate(micro, FrozenDrafter(), torch.tensor([0]), seed=0, steps=10, cfg_scale=1.0, mode="strict")
+    plot = render_stats_plot(stats)
+    assert plot.ndim == 3 and plot.shape[2] == 3 and 0 <= plot.min() and plot.max() <= 1
+    assert plot.std() > 0.05  # something is drawn
+    assert stats_text(stats).startswith(f"DiT calls saved: {10 - stats.sequential_dit_calls} of 10")
+    _, baseline = generate(micro, FrozenDrafter(), torch.tensor([0]), seed=0, steps=10, cfg_scale=1.0, mode="off")
+    assert render_stats_plot(baseline).shape == plot.shape  # a plain run (no drafts) still plots
+
+
+def test_samples_to_images_layout_range_and_scale():
+    samples = torch.tensor([-2.0, -1.0, 0.0, 1.0]).reshape(1, 1, 2, 2).repeat(2, 3, 1, 1)
+    images = samples_to_images(samples, scale=3)
+    assert images.shape == (2, 6, 6, 3)
+    assert images[0, 0, 0, 0] == 0 and images[0, 0, 3, 0] == 0 and images[0, 3, 0, 0] == 0.5 and images[0, 5, 5, 0] == 1
+    with pytest.raises(ValueError, match="VAE"):
+        samples_to_images(torch.zeros(1, 4, 8, 8))
+
+
+def test_fit_drafter_reports_progress_and_stops_when_the_callback_raises(micro):
+    cfg = DrafterTrainConfig(sampling_steps=6, trajectories=2, cfg_scales=(1.0,), train_steps=3, batch_size=4, collect_batch=2)
+    seen = []
+    drafter, losses = fit_drafter(micro, cfg, lambda done, total: seen.append((done, total)))
+    assert len(losses) == 3 and all(l == l for l in losses)
+    assert seen[-1] == (6 * 2 + 3, 6 * 2 + 3) and [d for d, _ in seen] == sorted(d for d, _ in seen)
+    assert drafter.dit_fingerprint == getattr(micro, "weights_fingerprint", "")
+
+    def stop(done, total):
+        if done >= 4:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit_drafter(micro, cfg, stop)
+
+
+def test_fit_drafter_trains_a_dit_made_under_inference_mode():
+    with torch.inference_mode():
+        model = DiT(dit_config("DiT-Micro/8")).eval()
+    cfg = DrafterTrainConfig(sampling_steps=4, trajectories=1, cfg_scales=(1.0,), train_steps=1, batch_size=2, collect_batch=1)
+    with torch.inference_mode():  # as ComfyUI runs nodes
+        _, losses = fit_drafter(model, cfg)
+    assert len(losses) == 1

@@ -1,0 +1,143 @@
+"""ComfyUI-FREE in the real ComfyUI executor (no mock): every shipped workflow, progress, interrupt, core samplers.
+
+One subprocess per tree runs tests/comfyui/runner.py, which converts each workflow from UI to API
+format, validates and executes it with ComfyUI's own PromptExecutor, and reports every node's outputs.
+"""
+
+import json
+import subprocess
+
+import pytest
+
+from comfyui_trees import COMFY_TESTS, REPO, TREE_NAMES, tree_for
+
+IMAGE_SIDE = {"free_embedded": 128, "free_compare_baseline_strict_relax": 128, "free_dit_xl_2_256": 256, "free_dit_xl_2_512": 512}
+
+
+@pytest.fixture(scope="module", params=TREE_NAMES)
+def report(request, tmp_path_factory):
+    tree = tree_for(request.param)
+    work = tmp_path_factory.mktemp(f"comfyui_{tree.name}")
+    out = work / "report.json"
+    command = [tree.python, str(COMFY_TESTS / "runner.py"), "--comfyui", str(tree.path), "--pack", str(REPO),
+               "--work", str(work), "--out", str(out)]
+    run = subprocess.run(command, env=tree.env(), capture_output=True, text=True, timeout=1200)
+    (work / "runner.log").write_text(run.stdout + run.stderr)
+    assert run.returncode == 0 and out.is_file(), f"runner failed ({tree.name}):\n{(run.stdout + run.stderr)[-6000:]}"
+    data = json.loads(out.read_text())
+    crashed = {name: s["crashed"] for name, s in data["scenarios"].items() if "crashed" in s}
+    assert not crashed, f"runner scenarios crashed: {crashed}"
+    return data
+
+
+def _ok(result: dict) -> None:
+    assert result["valid"], result.get("node_errors")
+    assert result["success"], result["errors"]
+
+
+def _outputs(result: dict, class_type: str) -> list:
+    return [node["outputs"] for node in result["nodes"].values() if node["class_type"] == class_type]
+
+
+def _check_images(result: dict, class_type: str, side: int, batch: int | None = None) -> None:
+    images = _outputs(result, class_type)
+    assert images, f"no {class_type} output"
+    for (image,) in images:
+        assert image["kind"] == "tensor" and image["finite"]
+        assert image["shape"][1:] == [side, side, 3] and (batch is None or image["shape"][0] == batch)
+        assert 0.0 <= image["min"] <= image["max"] <= 1.0
+
+
+def test_every_shipped_workflow_runs_in_the_executor(report):
+    workflows = report["scenarios"]["workflows"]
+    assert sorted(workflows) == sorted(IMAGE_SIDE)
+    for name, result in workflows.items():
+        _ok(result)
+        decoder = "VAEDecode" if "dit_xl" in name else "FREEDecode"
+        _check_images(result, decoder, IMAGE_SIDE[name])
+        for latent, stats in _outputs(result, "FREEKSampler"):
+            assert latent["kind"] in ("latent", "tensor") and latent["finite"]  # the 2024 executor keeps the samples
+            assert stats["kind"] == "stats" and stats["num_steps"] == 50
+            if stats["sampler"] == "free-strict":
+                assert stats["rounds"] < stats["num_steps"], f"{name}: strict FREE made no saving"
+                assert 0 < stats["acceptance_rate"] <= 1
+            if stats["sampler"] == "ancestral":
+                assert stats["rounds"] == stats["num_steps"]
+        for plot, summary in _outputs(result, "FREEStats"):
+            assert plot["shape"][0] == 1 and plot["shape"][3] == 3 and plot["finite"]
+            assert "DiT calls saved" in summary["text"]
+
+
+def test_compare_workflow_runs_baseline_strict_and_relax_from_one_seed(report):
+    result = report["scenarios"]["workflows"]["free_compare_baseline_strict_relax"]
+    samplers = sorted(stats["sampler"] for _, stats in _outputs(result, "FREEKSampler"))
+    assert samplers == ["ancestral", "free-relax", "free-strict"]
+    rounds = {stats["sampler"]: stats["rounds"] for _, stats in _outputs(result, "FREEKSampler")}
+    assert rounds["free-relax"] <= rounds["free-strict"] < rounds["ancestral"]
+
+
+def test_same_graph_same_seed_same_image(report):
+    scenario = report["scenarios"]["determinism_and_interrupt"]
+    _ok(scenario["first"])
+    assert scenario["second_success"] and scenario["same_seed_same_bits"]
+
+
+def test_progress_bar_advances_with_the_committed_steps(report):
+    scenario = report["scenarios"]["determinism_and_interrupt"]
+    values = [value for value, _ in scenario["progress"]]
+    (_, stats), = _outputs(scenario["first"], "FREEKSampler")
+    assert values[0] == 0 and values[-1] == stats["num_steps"]
+    assert all(b > a for a, b in zip(values, values[1:]))
+    assert len(values) == stats["rounds"] + 1 < stats["num_steps"]  # one update per round, not per step
+
+
+def test_interrupt_between_rounds_leaves_nothing_behind(report):
+    scenario = report["scenarios"]["determinism_and_interrupt"]
+    assert scenario["interrupted_success"] is False
+    assert "execution_interrupted" in scenario["interrupted_events"]
+    assert scenario["new_files_after_interrupt"] == []
+    assert scenario["rerun_after_interrupt_success"] and scenario["rerun_after_interrupt_same_bits"]
+
+
+def test_free_sampler_plugs_into_core_sampler_custom(report):
+    scenario = report["scenarios"]["core_samplers"]
+    for name in ("SamplerCustom_strict", "SamplerCustom_off", "KSampler_euler"):
+        _ok(scenario[name])
+        _check_images(scenario[name], "FREEDecode", 32, batch=3)
+    for name in ("SamplerCustom_strict", "SamplerCustom_off"):
+        assert scenario[name]["progress"][-1] == [30, 30]
+    if report["tree"] == "current":
+        _ok(scenario["SamplerCustomAdvanced_relax"])
+        _check_images(scenario["SamplerCustomAdvanced_relax"], "FREEDecode", 32, batch=3)
+
+
+def test_train_drafter_node_saves_a_drafter_that_loads_and_samples(report):
+    scenario = report["scenarios"]["train_drafter"]
+    _ok(scenario["trained"])
+    totals = {total for _, total in scenario["train_progress"]}
+    assert len(totals) == 1 and scenario["train_progress"][-1][0] == totals.pop()
+    _ok(scenario["used"])
+    (_, stats), = _outputs(scenario["used"], "FREEKSampler")
+    assert stats["sampler"] == "free-strict" and stats["drafter_calls"] > 0
+    assert scenario["files"] == ["micro_drafter.safetensors"]  # the interrupted run wrote nothing
+
+
+def test_interrupting_drafter_training_stops_it(report):
+    scenario = report["scenarios"]["train_drafter"]
+    assert scenario["interrupted_success"] is False and "execution_interrupted" in scenario["interrupted_events"]
+
+
+def test_drafter_for_another_dit_is_refused_naming_both(report):
+    refused = report["scenarios"]["train_drafter"]["refused"]
+    assert refused["success"] is False
+    (error,) = refused["errors"]
+    assert error["node_type"] == "FREEDrafterLoader"
+    assert "dit_micro_random.safetensors" in error["message"] and "dit_micro_other.safetensors" in error["message"]
+
+
+def test_user_errors_name_the_problem(report):
+    cases = report["scenarios"]["errors"]
+    (error,) = cases["imagenet_class_on_embedded_model"]["errors"]
+    assert error["node_type"] == "FREEClassLabel" and "ImageNet class" in error["message"]
+    (error,) = cases["sd_latent_on_pixel_model"]["errors"]
+    assert error["node_type"] == "FREEKSampler" and "FREE Empty Latent" in error["message"]

@@ -1,0 +1,186 @@
+"""ComfyUI-FREE behind a real ComfyUI server (main.py --cpu): HTTP POST /prompt + GET /history, and the
+web UI in headless Chromium (Debian's chromium driven by Playwright; no browser is downloaded).
+"""
+
+import io
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+
+from comfyui.ui_to_api import convert, node_defs_from_object_info
+from comfyui.workflow_files import MICRO_DIT, embedded_weights_present, load_workflow
+from comfyui_trees import REPO, TREE_NAMES, tree_for
+from free_core.checkpoints import save_dit
+from free_core.dit import DiT, dit_config
+
+STARTUP_TIMEOUT_S = 180
+RUN_TIMEOUT_S = 300
+
+
+class Server:
+    def __init__(self, url: str, tree, work: Path, log: Path):
+        self.url, self.tree, self.work, self.log = url, tree, work, log
+
+    def get(self, path: str):
+        with urllib.request.urlopen(self.url + path, timeout=60) as response:
+            body = response.read()
+        return json.loads(body) if response.headers.get_content_type() == "application/json" else body
+
+    def post(self, path: str, payload: dict) -> dict:
+        request = urllib.request.Request(self.url + path, data=json.dumps(payload).encode(),
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return json.loads(response.read())
+
+    def log_tail(self) -> str:
+        return self.log.read_text(errors="replace")[-5000:]
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module", params=TREE_NAMES)
+def server(request, tmp_path_factory):
+    tree = tree_for(request.param)
+    work = tmp_path_factory.mktemp(f"server_{tree.name}")
+    models = work / "models"
+    for folder in ("diffusion_models", "free_drafters"):
+        (models / folder).mkdir(parents=True)
+    if not embedded_weights_present():
+        torch.manual_seed(0)
+        micro = DiT(dit_config("DiT-Micro/8"))
+        for name, parameter in micro.named_parameters():
+            if name != "pos_embed":
+                parameter.data = torch.randn(parameter.shape) * 0.02
+        save_dit(models / "diffusion_models" / MICRO_DIT, micro)
+    (work / "custom_nodes").mkdir()
+    (work / "custom_nodes" / "ComfyUI-FREE").symlink_to(REPO, target_is_directory=True)
+    for folder in ("output", "input", "user/default"):
+        (work / folder).mkdir(parents=True)
+    (work / "user" / "default" / "comfy.settings.json").write_text(json.dumps({"Comfy.TutorialCompleted": True}))
+    paths = work / "extra_model_paths.yaml"
+    paths.write_text(
+        "free_tests:\n"
+        f"    custom_nodes: {work / 'custom_nodes'}\n"
+        f"    diffusion_models: {models / 'diffusion_models'}\n"
+        f"    unet: {models / 'diffusion_models'}\n"
+        f"    free_drafters: {models / 'free_drafters'}\n"
+    )
+    port = _free_port()
+    command = [tree.python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
+               "--extra-model-paths-config", str(paths), "--output-directory", str(work / "output"),
+               "--temp-directory", str(work / "output"), "--input-directory", str(work / "input")]
+    if tree.is_current:
+        command += ["--user-directory", str(work / "user"), "--disable-api-nodes"]
+    log = work / "server.log"
+    with open(log, "w") as log_file:
+        process = subprocess.Popen(command, cwd=tree.path, env=tree.env(), stdout=log_file, stderr=subprocess.STDOUT)
+    running = Server(f"http://127.0.0.1:{port}", tree, work, log)
+    try:
+        deadline = time.time() + STARTUP_TIMEOUT_S
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"ComfyUI ({tree.name}) exited with {process.returncode}:\n{running.log_tail()}")
+            try:
+                if "FREEKSampler" in running.get("/object_info/FREEKSampler"):
+                    break
+            except (urllib.error.URLError, ConnectionError, OSError):
+                pass
+            if time.time() > deadline:
+                pytest.fail(f"ComfyUI ({tree.name}) did not serve the FREE nodes within {STARTUP_TIMEOUT_S} s:\n{running.log_tail()}")
+            time.sleep(0.5)
+        yield running
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def test_embedded_workflow_through_post_prompt_and_get_history(server):
+    from PIL import Image
+
+    workflow = load_workflow("free_embedded")
+    prompt = convert(workflow, node_defs_from_object_info(server.get("/object_info")))
+    save_id = next(k for k, v in prompt.items() if v["class_type"] == "SaveImage")
+    prompt[save_id]["inputs"]["filename_prefix"] = "FREE_http"  # so the browser test's run saves (not caches) its own
+    queued = server.post("/prompt", {"prompt": prompt, "client_id": "free-tests"})
+    assert queued.get("node_errors") == {}, queued
+    prompt_id = queued["prompt_id"]
+    deadline = time.time() + RUN_TIMEOUT_S
+    while not (history := server.get(f"/history/{prompt_id}")).get(prompt_id):
+        assert time.time() < deadline, f"no history for {prompt_id}:\n{server.log_tail()}"
+        time.sleep(0.5)
+    entry = history[prompt_id]
+    assert entry["status"]["status_str"] == "success" and entry["status"]["completed"], server.log_tail()
+    stats_id = next(k for k, v in prompt.items() if v["class_type"] == "FREEStats")
+    images = entry["outputs"][save_id]["images"]
+    assert len(images) == 8  # one file per batch item
+    png = server.get(f"/view?filename={images[0]['filename']}&subfolder={images[0]['subfolder']}&type=output")
+    image = Image.open(io.BytesIO(png))
+    assert image.size == (128, 128) and image.mode == "RGB"
+    summary = entry["outputs"][stats_id]["text"][0]
+    assert "DiT calls saved" in summary and "free-strict" in summary
+
+
+def test_web_ui_loads_queues_and_shows_the_embedded_workflow(server):
+    chromium = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        sync_playwright = None
+    if chromium is None or sync_playwright is None:
+        missing = "Debian chromium (apt-get install chromium)" if chromium is None else "playwright (pip install playwright)"
+        if os.environ.get("CI"):
+            pytest.fail(f"the browser test needs {missing}; .ci/run installs it")
+        pytest.skip(f"the browser test needs {missing}")
+    workflow = load_workflow("free_embedded")
+    save_id = next(node["id"] for node in workflow["nodes"] if node["type"] == "SaveImage")
+    shots = Path(os.environ.get("FREE_SCREENSHOT_DIR") or server.work)
+    shots.mkdir(parents=True, exist_ok=True)
+    screenshot = shots / f"comfyui_{server.tree.name}_embedded_workflow.png"
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, headless=True, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync"])
+        try:
+            page = browser.new_page(viewport={"width": 1600, "height": 900})
+            errors: list[str] = []
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            page.goto(server.url + "/")
+            page.wait_for_function("() => window.app && window.app.graph && window.LiteGraph", timeout=120_000)
+            page.evaluate("async (workflow) => { await window.app.loadGraphData(workflow); }", workflow)
+            page.keyboard.press("Escape")
+            page.evaluate("async () => { await window.app.queuePrompt(0, 1); }")
+            page.wait_for_function(
+                """(id) => {
+                    const node = window.app.graph.getNodeById(id);
+                    const imgs = (node && node.imgs) || [];
+                    return imgs.length > 0 && imgs.every((img) => img.complete && img.naturalWidth > 0);
+                }""",
+                arg=save_id, timeout=RUN_TIMEOUT_S * 1000,
+            )
+            sources = page.evaluate("(id) => window.app.graph.getNodeById(id).imgs.map((img) => img.src)", save_id)
+            page.evaluate("() => { window.app.canvas.ds.offset = [40, 60]; window.app.canvas.ds.scale = 0.95; "
+                          "window.app.graph.setDirtyCanvas(true, true); }")
+            page.wait_for_timeout(1000)
+            page.screenshot(path=str(screenshot))
+        finally:
+            browser.close()
+    assert len(sources) == 8 and all("FREE_embedded" in src for src in sources), sources
+    assert screenshot.stat().st_size > 10_000
+    assert not [e for e in errors if "FREE" in e], errors
