@@ -97,7 +97,9 @@ def widget_inputs(input_types: dict, values) -> dict:
                 out[name] = value
                 position += 1
             elif kind == "control":
-                legacy_flag = isinstance(value, bool) and values_left > value_slots_left  # old files: true = randomize
+                following = next((specs[n] for s, n in slots[k + 1:] if s == "value"), None)
+                legacy_flag = isinstance(value, bool) and (  # old files saved the control as a boolean (true = randomize)
+                    values_left > value_slots_left or following is None or _kind(following) != "BOOLEAN")
                 if (isinstance(value, str) and value in CONTROL_VALUES) or legacy_flag:
                     position += 1
             elif values_left > value_slots_left:  # upload button value
