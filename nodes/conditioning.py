@@ -11,6 +11,8 @@ from .comfy_model import class_conditioning, free_dit_of
 class FREEClassLabel:
     """Positive conditioning for one class, negative for the null class (classifier-free guidance)."""
 
+    DESCRIPTION = __doc__  # shown by the ComfyUI frontend
+
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
@@ -34,6 +36,8 @@ class FREEClassLabel:
 
 class FREEEmptyLatent:
     """An empty LATENT of the DiT's own size: 3x32x32 pixels for the embedded model, 4xSxS SD-VAE latents for DiT-XL/2."""
+
+    DESCRIPTION = __doc__  # shown by the ComfyUI frontend
 
     @classmethod
     def INPUT_TYPES(cls):

@@ -16,6 +16,8 @@ DIT_SUFFIXES = (".safetensors", ".pt", ".pth")
 class FREEDiTLoader:
     """A DiT as a MODEL: the embedded 32x32 pixel model, or a DiT checkpoint (e.g. DiT-XL-2-256x256.pt)."""
 
+    DESCRIPTION = __doc__  # shown by the ComfyUI frontend
+
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {"dit_name": ([EMBEDDED] + list_files(dit_folder(), DIT_SUFFIXES), {
@@ -40,6 +42,8 @@ class FREEDiTLoader:
 
 class FREEDrafterLoader:
     """The drafter for a DiT: embedded, training-free (frozen), or a file from models/free_drafters."""
+
+    DESCRIPTION = __doc__  # shown by the ComfyUI frontend
 
     @classmethod
     def INPUT_TYPES(cls):

@@ -9,6 +9,8 @@ from ..free_core.stats_plot import render_stats_plot, stats_text
 class FREEStats:
     """Acceptance per step and steps advanced per round (IMAGE); DiT calls saved, acceptance, wall time (STRING)."""
 
+    DESCRIPTION = __doc__  # shown by the ComfyUI frontend
+
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {"stats": ("FREE_STATS",)}}
@@ -26,6 +28,8 @@ class FREEStats:
 
 class FREEDecode:
     """LATENT of the pixel-space embedded model to IMAGE (no VAE), upscaled by pixel repetition for viewing."""
+
+    DESCRIPTION = __doc__  # shown by the ComfyUI frontend
 
     @classmethod
     def INPUT_TYPES(cls):

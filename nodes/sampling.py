@@ -27,6 +27,8 @@ DRAFT_INPUTS = {
 class FREEKSampler:
     """Class-conditional DiT sampling with FREE: fewer sequential DiT calls for the same steps."""
 
+    DESCRIPTION = __doc__  # shown by the ComfyUI frontend
+
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
@@ -86,6 +88,8 @@ class FREEKSampler:
 
 class FREESampler:
     """A SAMPLER for SamplerCustom / SamplerCustomAdvanced: speculative Euler-ancestral with frozen drafts (any model)."""
+
+    DESCRIPTION = __doc__  # shown by the ComfyUI frontend
 
     @classmethod
     def INPUT_TYPES(cls):

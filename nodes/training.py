@@ -17,6 +17,8 @@ from .model_folders import drafter_save_path
 class FREETrainDrafter:
     """Train a FREE drafter on the DiT's own trajectories (progress bar, interruptible); saves a .safetensors."""
 
+    DESCRIPTION = __doc__  # shown by the ComfyUI frontend
+
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
