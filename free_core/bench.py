@@ -38,7 +38,7 @@ class BenchConfig:
     relax_strengths: tuple[float, ...] = (0.5, 1.0, 2.0)
     repeats: int = 3
     quality_samples: int = 1000
-    quality_steps: int = 250
+    quality_steps: int = 50
     cfg_scale: float = 4.0
     seed: int = 0
     out_dir: str = "docs"

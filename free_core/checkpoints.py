@@ -81,6 +81,7 @@ def load_dit(path: str | Path, device: str | torch.device = "cpu", dtype: torch.
         raise ValueError(f"{path}: not a DiT state dict (missing {missing[:5]}, unexpected {unexpected[:5]})")
     model.load_state_dict({k: v.float() for k, v in state.items()})
     model.weights_fingerprint = weights_fingerprint(state)
+    model.source_name = Path(path).name
     return model.to(device=device, dtype=dtype).eval()
 
 

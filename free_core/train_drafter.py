@@ -86,7 +86,7 @@ def collect_trajectories(denoiser: GuidedDenoiser, count: int, generator: torch.
             mean, std = denoiser.transition(denoiser.guided_output(output_rows), x, i)
             x = mean + std * step_noise(x, generator)
             if progress is not None:
-                progress.update(progress.start_step + start * steps + (steps - step))
+                progress.update(progress.start_step + start * steps + (steps - step) * n)
         all_states.append(states)
         all_features.append(features)
         all_labels.append(labels.cpu())

@@ -38,7 +38,7 @@ def _whitened_projections(y, mean_q, std, direction, g):
 @pytest.mark.parametrize("dim", [1, 64, 4096])
 @pytest.mark.parametrize("delta", [0.0, 0.3, 1.0, 3.0, 10.0])
 def test_reflection_coupling_has_target_law_and_maximal_acceptance(delta, dim):
-    n = 20_000 if dim <= 64 else 4_000
+    n = 20_000 if dim <= 64 else 2_500
     x, mean_p, std, mean_q, direction, g = _equal_std_case(delta, dim, n, seed=int(delta * 10) + dim)
     y, accepted = maximal_coupling(x, mean_p, std, mean_q, std, generator=g)
     along, orthogonal = _whitened_projections(y, mean_q, std, direction, g)
