@@ -25,7 +25,7 @@ import torch
 
 from .coupling import maximal_coupling
 from .draft_length import DraftLengthPolicy
-from .speculative import MODES, _check_options
+from .speculative import _check_options
 from .stats import SamplingStats
 
 Model = Callable[..., torch.Tensor]
