@@ -113,7 +113,7 @@ def _logged(sampler):
     def run(model, x, sigmas, extra_args=None, callback=None, disable=None, **options):
         sink: list = []
         out = sampler(model, x, sigmas, extra_args=extra_args, callback=callback, disable=disable, stats_sink=sink, **options)
-        logging.info("FREE Sampler\n%s", sink[0].summary())
+        logging.info("FREE Sampler\n%s", sink[0].summary(), extra={"free_stats": sink[0].to_dict()})
         return out
 
     return run

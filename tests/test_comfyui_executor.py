@@ -106,6 +106,12 @@ def test_free_sampler_plugs_into_core_sampler_custom(report):
         _check_images(scenario[name], "FREEDecode", 32, batch=3)
     for name in ("SamplerCustom_strict", "SamplerCustom_off"):
         assert scenario[name]["progress"][-1] == [30, 30]
+    (strict,), (plain,) = scenario["SamplerCustom_strict"]["sampler_stats"], scenario["SamplerCustom_off"]["sampler_stats"]
+    assert strict["sampler"] == "free-euler-ancestral-strict" and strict["num_steps"] == 30 and strict["batch_size"] == 3
+    assert plain["rounds"] == 30 and strict["rounds"] <= 30
+    assert strict["dit_states"] > strict["rounds"] * 3  # drafted states were verified in the same calls
+    if report["embedded_present"]:  # a trained DiT: the frozen drafts are accepted often enough to save calls
+        assert strict["rounds"] < 30
     if report["tree"] == "current":
         _ok(scenario["SamplerCustomAdvanced_relax"])
         _check_images(scenario["SamplerCustomAdvanced_relax"], "FREEDecode", 32, batch=3)

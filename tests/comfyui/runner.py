@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import inspect
 import json
+import logging
 import sys
 import time
 import traceback
@@ -54,6 +55,18 @@ class ServerStub:
 
     def queue_updated(self) -> None:
         pass
+
+
+class StatsLog(logging.Handler):
+    """Keeps the statistics FREE Sampler logs after each run (SamplerCustom has no output for them)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.runs: list[dict] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if hasattr(record, "free_stats"):
+            self.runs.append(record.free_stats)
 
 
 class Runner:
@@ -116,6 +129,9 @@ class Runner:
         self.progress: list = []
         self.interrupt_at: int | None = None
         comfy.utils.set_progress_bar_global_hook(self._progress_hook)
+        self.stats_log = StatsLog()
+        logging.getLogger().addHandler(self.stats_log)
+        logging.getLogger().setLevel(min(logging.getLogger().level or logging.INFO, logging.INFO))
         self.substitutions = self._write_models(pack)
 
     # ------------------------------------------------------------------ models
@@ -259,8 +275,10 @@ class Runner:
             prompt["decode"] = {"class_type": "FREEDecode", "inputs": {"samples": ["custom", 0], "scale": 1}}
             prompt["preview"] = {"class_type": "PreviewImage", "inputs": {"images": ["decode", 0]}}
             self.progress.clear()
+            self.stats_log.runs.clear()
             result = self.execute(prompt)
-            results[f"SamplerCustom_{mode}"] = {**_summarize(result, prompt), "progress": [p for p in self.progress if p[1] == 30]}
+            results[f"SamplerCustom_{mode}"] = {**_summarize(result, prompt), "progress": [p for p in self.progress if p[1] == 30],
+                                                "sampler_stats": list(self.stats_log.runs)}
         prompt = dict(base)
         prompt["ksampler"] = {"class_type": "KSampler", "inputs": {
             "model": ["dit", 0], "seed": 1, "steps": 10, "cfg": 3.0, "sampler_name": "euler", "scheduler": "normal",
