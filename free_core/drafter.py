@@ -5,7 +5,7 @@ chain sits at (seen through the DiT's own patch embedding, so the drafter sees t
 injected into x_i, never that of the transition it proposes) and the DiT's timestep + class
 conditioning at step i, it predicts h_i as a residual update of h_{i+1}:
 
-    u   = [h_{i+1} - h_{i+2}, LN(h_{i+1}), LN(x_embed(x_i) + pos)]       (T, 3D)
+    u   = [h_{i+1} - h_{i+2}, LN(h_{i+1}), x_embed(x_i) - x_embed(x_{i+1})]   (T, 3D)
     h_i = h_{i+1} + gate(c) * W2 gelu(modulate(W1 u, c))                  (T, D)
 
 A per-token MLP with adaLN conditioning: no attention, since the step-to-step change of the top-block
@@ -62,21 +62,23 @@ class FreeDrafter(nn.Module):
         nn.init.zeros_(self.adaLN_modulation[-1].bias)
         self.dit_fingerprint = ""
 
-    def predict_features(self, dit: DiT, history: torch.Tensor, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """history (R, m, T, D) oldest first; x (R, C, H, W); t, y (R,) -> drafted features (R, T, D)."""
+    def predict_features(self, dit: DiT, history: torch.Tensor, x: torch.Tensor, previous_x: torch.Tensor,
+                         t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """history (R, m, T, D) oldest first; x, previous_x (R, C, H, W); t, y (R,) -> drafted features (R, T, D)."""
         last, previous = history[:, -1], history[:, -2]  # (R, T, D)
         c = dit.conditioning(t, y)  # (R, D)
-        state = dit.x_embedder(x) + dit.pos_embed  # (R, T, D)
-        u = torch.cat([last - previous, self.norm(last), self.norm(state)], dim=-1)  # (R, T, 3D)
+        state_change = dit.x_embedder(x) - dit.x_embedder(previous_x)  # (R, T, D): drift + the noise just injected
+        u = torch.cat([last - previous, self.norm(last), state_change], dim=-1)  # (R, T, 3D)
         shift, scale, gate = self.adaLN_modulation(c).split([self.config.hidden, self.config.hidden, self.config.width], dim=1)
         hidden = nn.functional.gelu(modulate(self.fc1(u), shift, scale), approximate="tanh")  # (R, T, hidden)
         return last + (1 + gate.unsqueeze(1)) * self.fc2(hidden)  # (R, T, D)
 
-    def forward(self, dit: DiT, history: torch.Tensor, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return self.predict_features(dit, history, x, t, y)
+    def forward(self, dit: DiT, history: torch.Tensor, x: torch.Tensor, previous_x: torch.Tensor, t: torch.Tensor,
+                y: torch.Tensor) -> torch.Tensor:
+        return self.predict_features(dit, history, x, previous_x, t, y)
 
     def propose(self, model: DiT, context: DraftContext) -> tuple[torch.Tensor, torch.Tensor]:
-        features = self.predict_features(model, context.features, context.x, context.t, context.y)
+        features = self.predict_features(model, context.features, context.x, context.previous_x, context.t, context.y)
         return model.head(features, context.t, context.y), features
 
 

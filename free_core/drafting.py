@@ -21,6 +21,7 @@ class DraftContext:
     features: torch.Tensor | None  # (R, m, T, D) oldest first; None when history_length == 0
     output: torch.Tensor  # (R, C', H, W) latest output: verified, or drafted earlier this round
     x: torch.Tensor  # (R, C, H, W) state whose output is being drafted (its noise is already in the past)
+    previous_x: torch.Tensor  # (R, C, H, W) the state before x: where `output` was evaluated or drafted
     t: torch.Tensor  # (R,) model timesteps of x
     y: torch.Tensor  # (R,) class labels (null class on unconditional rows)
     step: torch.Tensor  # (R,) respaced step indices of x

@@ -70,6 +70,7 @@ def sample_speculative(
     step = torch.full((n,), total_steps - 1, dtype=torch.long)  # current respaced step index; -1 = done
     x = x.clone()
     last_output: torch.Tensor | None = None  # (n, branches, C', H, W) verified output rows at the previous state
+    last_state = x.clone()  # (n, C, H, W) the state last_output was evaluated at
     history: torch.Tensor | None = None  # (n, branches, m, T, D) verified top-block features, oldest first
     proposed = torch.zeros(total_steps, dtype=torch.long)  # drafted transitions tested, by step index
     accepted_count = torch.zeros(total_steps, dtype=torch.long)
@@ -97,10 +98,12 @@ def sample_speculative(
             s_j = states[j][rows]
             i_j = (a_step[rows] - j).to(device)
             x_rows, t_rows, y_rows = denoiser.rows(s_j, i_j, labels[active][rows.to(device)])
+            previous = last_state[active][rows] if j == 0 else states[j - 1][rows]
             context = DraftContext(
                 features=None if work_history is None else work_history[rows].flatten(0, 1),
                 output=work_output[rows].flatten(0, 1),
                 x=x_rows, t=t_rows, y=y_rows, step=i_j.repeat_interleave(branches),
+                previous_x=previous.repeat_interleave(branches, dim=0),
             )
             out_rows, feature_rows = drafter.propose(model, context)
             stats.drafter_calls += 1
@@ -171,6 +174,7 @@ def sample_speculative(
         if last_output is None:
             last_output = torch.zeros((n, *output_by_state.shape[1:]), dtype=output_rows.dtype, device=device)
         last_output[active] = output_by_state[offsets + stop]
+        last_state[active] = stacked[torch.arange(a_count), stop]
         if history_length:
             features_by_state = feature_rows.unflatten(0, (-1, branches))  # (states, branches, T, D)
             if history is None:  # first round: pad with the first verified features

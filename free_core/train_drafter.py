@@ -111,9 +111,10 @@ def unrolled_loss(drafter: torch.nn.Module, dit: DiT, diffusion: GaussianDiffusi
         valid = (i >= 1).to(device)
         i = i.clamp(min=1)
         x = data.states[traj, i].to(device).float()
+        previous_x = data.states[traj, (i + 1).clamp(max=steps - 1)].to(device).float()
         target = data.features[traj, branch, i].to(device).float()
         t = diffusion.timestep_for(i).to(device)
-        drafted = drafter(dit, history, x, t, labels)
+        drafted = drafter(dit, history, x, previous_x, t, labels)
         out_p, out_q = dit.head(drafted, t, labels), dit.head(target, t, labels)
         mean_p, std_p = diffusion.transition(out_p, x, i.to(device), "learned" if dit.learn_sigma else "fixed_small", dit.in_channels == 3)
         mean_q, std_q = diffusion.transition(out_q, x, i.to(device), "learned" if dit.learn_sigma else "fixed_small", dit.in_channels == 3)
@@ -201,7 +202,8 @@ def _collect_or_load(cfg: DrafterTrainConfig, dit: DiT, diffusion: GaussianDiffu
     datasets = []
     per_rank = max(1, cfg.trajectories // ctx.world_size)
     for scale in cfg.cfg_scales:
-        cache = out_dir / f"trajectories_cfg{scale:g}_steps{cfg.sampling_steps}_n{per_rank}_rank{ctx.rank}_seed{cfg.seed}.pt"
+        fingerprint = getattr(dit, "weights_fingerprint", "unknown")
+        cache = out_dir / f"trajectories_{fingerprint}_cfg{scale:g}_steps{cfg.sampling_steps}_n{per_rank}_rank{ctx.rank}_seed{cfg.seed}.pt"
         if cache.is_file():
             saved = torch.load(cache, map_location="cpu", weights_only=True)
             datasets.append(Trajectories(saved["states"], saved["features"], saved["labels"], scale))

@@ -40,7 +40,7 @@ def test_drafter_is_under_five_percent_of_the_dit(name, overrides):
         history = torch.randn(1, drafter.history_length, dit.num_tokens, dit.hidden_size)
     dit_flops = _flops(lambda: dit(x, t, y))
     # A drafted step: the drafter plus the DiT's own head that turns features into an output.
-    draft_flops = _flops(lambda: dit.head(drafter.predict_features(dit, history, x, t, y), t, y))
+    draft_flops = _flops(lambda: dit.head(drafter.predict_features(dit, history, x, x, t, y), t, y))
     assert draft_flops <= 0.05 * dit_flops
 
 
@@ -53,7 +53,9 @@ def test_drafter_save_load_round_trip(tmp_path):
     loaded = load_drafter(path, dit)
     history = torch.randn(2, 2, dit.num_tokens, dit.hidden_size)
     x, t, y = torch.randn(2, 3, 32, 32), torch.tensor([3, 700]), torch.tensor([1, 10])
-    torch.testing.assert_close(loaded.predict_features(dit, history, x, t, y), drafter.predict_features(dit, history, x, t, y))
+    previous_x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(loaded.predict_features(dit, history, x, previous_x, t, y),
+                               drafter.predict_features(dit, history, x, previous_x, t, y))
 
 
 def test_drafter_for_another_dit_is_refused_naming_both(tmp_path):
