@@ -68,6 +68,11 @@ def save_dit(path: str | Path, model: DiT, extra_metadata: dict[str, str] | None
 
 def load_dit(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> DiT:
     """A DiT from our safetensors (config in metadata) or an official facebookresearch/DiT checkpoint."""
+    if Path(path).suffix == ".safetensors" and Path(path).is_file():
+        with safe_open(str(path), framework="pt") as handle:  # refuse other models before reading GBs of tensors
+            if "x_embedder.proj.weight" not in set(handle.keys()):
+                raise ValueError(f"{Path(path).name} is not a DiT checkpoint (no x_embedder.proj.weight); "
+                                 "choose a facebookresearch/DiT or free_core DiT file")
     state, metadata = read_state_dict(path)
     if "config" in metadata:
         config = DiTConfig(**json.loads(metadata["config"]))

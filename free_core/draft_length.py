@@ -35,7 +35,7 @@ BatchCostCurve = dict[int, float]  # rows in one DiT forward -> seconds
 
 
 class AdaptiveDraftLength(DraftLengthPolicy):
-    """Pick each round's K to maximise expected steps per second.
+    """Pick each round's K (0 = a plain step) to maximise expected steps per second.
 
     With per-draft acceptance a (an exponential average over past rounds), a round with K drafts advances
     E[steps] = 1 + a + ... + a^K (K drafts, then one exact transition); it costs one verification of
@@ -98,5 +98,11 @@ class AdaptiveDraftLength(DraftLengthPolicy):
         return advance / (self._cost(self.rows_per_state * (k + 1)) + k * draft_cost)
 
     def next_length(self, stats: "SamplingStats") -> int:
+        """K in 0..max_length; K = 0 is a plain ancestral step, chosen when verification costs more than drafts save."""
+        drafted_before = self._seen_proposed
         self.observe(stats)
-        return max(range(1, self.max_length + 1), key=self.expected_rate)
+        if self._seen_proposed == drafted_before and stats.rounds > 1:
+            # Nothing drafted last round: drift back towards the prior, so that a phase of low acceptance
+            # does not switch drafting off for the rest of the run.
+            self.acceptance = (1 - self.smoothing) * self.acceptance + self.smoothing * self.prior_acceptance
+        return max(range(0, self.max_length + 1), key=self.expected_rate)

@@ -18,13 +18,16 @@ def test_high_acceptance_and_cheap_batches_draft_long():
     assert policy.next_length(_stats_with(95, 100)) == 8
 
 
-def test_low_acceptance_or_linear_cost_draft_short():
+def test_low_acceptance_or_linear_cost_fall_back_to_plain_steps():
     policy = AdaptiveDraftLength(max_length=8, cost_curve={1: 1.0, 9: 1.2}, smoothing=1.0)
     policy.start_run(1)
-    assert policy.next_length(_stats_with(5, 100)) == 1
+    assert policy.next_length(_stats_with(5, 100)) == 0
     linear = AdaptiveDraftLength(max_length=8, cost_curve={1: 1.0, 9: 9.0}, smoothing=1.0)
     linear.start_run(1)
-    assert linear.next_length(_stats_with(80, 100)) == 1  # verification costs as much as sequential calls
+    assert linear.next_length(_stats_with(80, 100)) == 0  # verification costs as much as sequential calls
+    medium = AdaptiveDraftLength(max_length=8, cost_curve={1: 1.0, 9: 1.2}, draft_cost_ratio=0.0, smoothing=1.0)
+    medium.start_run(1)
+    assert 1 <= medium.next_length(_stats_with(50, 100)) < 8
 
 
 def test_policy_measures_its_curve_once_per_run_and_only_from_the_past():
