@@ -73,7 +73,8 @@ def test_compare_workflow_runs_baseline_strict_and_relax_from_one_seed(report):
     samplers = sorted(stats["sampler"] for _, stats in _outputs(result, "FREEKSampler"))
     assert samplers == ["ancestral", "free-relax", "free-strict"]
     rounds = {stats["sampler"]: stats["rounds"] for _, stats in _outputs(result, "FREEKSampler")}
-    assert rounds["free-relax"] <= rounds["free-strict"] < rounds["ancestral"]
+    # A batch's rounds are set by its slowest sample, so relax need not beat strict on one seed; both must save.
+    assert rounds["free-strict"] < rounds["ancestral"] and rounds["free-relax"] < rounds["ancestral"]
 
 
 def test_same_graph_same_seed_same_image(report):
