@@ -135,8 +135,9 @@ def command_train_classifier(args: argparse.Namespace) -> int:
 def command_bench(args: argparse.Namespace) -> int:
     from .bench import BenchConfig, quick_config, run_bench
 
-    config = quick_config(args.out_dir) if args.quick else BenchConfig(out_dir=args.out_dir, repeats=args.repeats,
-                                                                      quality_samples=args.quality_samples)
+    config = quick_config(args.out_dir) if args.quick else BenchConfig(
+        out_dir=args.out_dir, repeats=args.repeats, quality_samples=args.quality_samples, quality_steps=args.quality_steps,
+        steps=tuple(int(v) for v in args.steps.split(",")), batches=tuple(int(v) for v in args.batches.split(",")))
     if args.sections:
         config.sections = args.sections.split(",")
     results = run_bench(config, json_path=None)
@@ -145,7 +146,9 @@ def command_bench(args: argparse.Namespace) -> int:
     except ImportError:  # matplotlib missing: the JSON still has everything
         write_report = None
     if write_report is not None:
-        command = "python -m free_core bench" + (" --quick" if args.quick else "")
+        command = "python -m free_core bench " + ("--quick" if args.quick else (
+            f"--steps {args.steps} --batches {args.batches} --repeats {args.repeats} "
+            f"--quality-samples {args.quality_samples} --quality-steps {args.quality_steps}"))
         try:
             print(f"wrote {write_report(results, config.out_dir, command)}")
         except ImportError as error:
@@ -222,6 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--out-dir", default="docs", help="where benchmarks.md and images/ go")
     bench.add_argument("--repeats", type=int, default=3)
     bench.add_argument("--quality-samples", type=int, default=1000)
+    bench.add_argument("--quality-steps", type=int, default=50)
+    bench.add_argument("--steps", default="50,250", help="comma-separated step counts")
+    bench.add_argument("--batches", default="1,8", help="comma-separated batch sizes")
     bench.add_argument("--sections", default=None, help="comma-separated subset of speed,quality,cost")
     bench.set_defaults(handler=command_bench)
 
