@@ -19,7 +19,7 @@ from typing import Literal
 import torch
 
 from .coupling import maximal_coupling
-from .cost import measure_batch_cost
+from .cost import cached_batch_cost
 from .denoiser import GuidedDenoiser
 from .draft_length import DraftLengthPolicy, FixedDraftLength
 from .drafting import DraftContext, Drafter
@@ -66,7 +66,7 @@ def sample_speculative(
     history_length = drafter.history_length
     stats = SamplingStats(f"free-{mode}", total_steps, n, draft_length=policy.label)
 
-    policy.start_run(n * branches, lambda sizes: measure_batch_cost(denoiser, x, labels, sizes))
+    policy.start_run(n * branches, lambda sizes: cached_batch_cost(denoiser, x, labels, sizes))
     step = torch.full((n,), total_steps - 1, dtype=torch.long)  # current respaced step index; -1 = done
     x = x.clone()
     last_output: torch.Tensor | None = None  # (n, branches, C', H, W) verified output rows at the previous state
