@@ -38,18 +38,34 @@ class DiTTrainConfig:
     max_minutes: float | None = None
     checkpoint_every: int = 200
     device: str | None = None
+    min_snr_gamma: float | None = 5.0
+
+
+def min_snr_weight(diffusion: GaussianDiffusion, i: torch.Tensor, gamma: float | None) -> torch.Tensor:
+    """Min-SNR-gamma weight min(SNR, gamma) / SNR of the eps loss (Hang et al. 2023), 1 when gamma is None.
+
+    Low-noise steps have a huge SNR and dominate the plain eps loss with detail the sampler barely needs;
+    capping their weight moves the model's capacity to the high-noise steps that decide the global shape.
+    """
+    if gamma is None:
+        return torch.ones(i.shape, dtype=torch.float32, device=i.device)
+    if gamma <= 0:
+        raise ValueError(f"min_snr_gamma must be positive or None (no weighting), got {gamma}")
+    acp = diffusion.tables["alphas_cumprod"].to(i.device)[i].float()
+    snr = acp / (1.0 - acp)
+    return snr.clamp(max=gamma) / snr
 
 
 def diffusion_loss(model: torch.nn.Module, diffusion: GaussianDiffusion, x0: torch.Tensor, y: torch.Tensor,
-                   generator: torch.Generator) -> torch.Tensor:
-    """DiT's loss for one batch: eps MSE plus the variational bound on the learned variance."""
+                   generator: torch.Generator, min_snr_gamma: float | None = None) -> torch.Tensor:
+    """DiT's loss for one batch: (Min-SNR weighted) eps MSE plus the variational bound on the learned variance."""
     n = x0.shape[0]
     i = torch.randint(0, diffusion.num_steps, (n,), generator=generator).to(x0.device)
     noise = torch.randn(x0.shape, generator=generator).to(x0.device)
     x_t = diffusion.q_sample(x0, i, noise)
     out = model(x_t, i, y)
     channels = x0.shape[1]
-    mse = (out[:, :channels] - noise).square().flatten(1).mean(1)
+    mse = (out[:, :channels] - noise).square().flatten(1).mean(1) * min_snr_weight(diffusion, i, min_snr_gamma)
     vb = diffusion.kl_to_posterior(out, x0, x_t, i) / math.log(2.0)
     return (mse + vb).mean()
 
@@ -100,7 +116,7 @@ def train_dit(cfg: DiTTrainConfig) -> tuple[Path, list[float]]:
         x0, y = x0.to(ctx.device), y.to(ctx.device)
         for group in optimizer.param_groups:
             group["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.warmup) * (0.5 * (1 + math.cos(math.pi * step / cfg.steps)) * 0.9 + 0.1)
-        loss = diffusion_loss(trainable, diffusion, x0, y, generator)
+        loss = diffusion_loss(trainable, diffusion, x0, y, generator, cfg.min_snr_gamma)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -5,12 +5,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from free_core.checkpoints import load_dit, save_dit
 from free_core.data import CLASS_NAMES, make_batch, make_images
 from free_core.drafter import load_drafter
-from free_core.train_dit import DiTTrainConfig, train_dit
+from free_core.diffusion import GaussianDiffusion
+from free_core.train_dit import DiTTrainConfig, min_snr_weight, train_dit
 from free_core.train_drafter import DrafterTrainConfig, train_drafter
 
 REPO = Path(__file__).resolve().parents[1]
@@ -25,6 +27,22 @@ def test_procedural_dataset_is_deterministic_and_classes_differ():
     per_class = make_images(torch.arange(len(CLASS_NAMES)), seed=0)
     distances = torch.cdist(per_class.flatten(1), per_class.flatten(1))
     assert (distances + torch.eye(len(CLASS_NAMES)) * 1e9).min() > 1.0
+
+
+def test_min_snr_weight_caps_only_the_low_noise_steps():
+    diffusion = GaussianDiffusion.training()
+    i = torch.arange(diffusion.num_steps)
+    acp = diffusion.tables["alphas_cumprod"].float()
+    snr = acp / (1 - acp)
+    weight = min_snr_weight(diffusion, i, gamma=5.0)
+    high_snr = snr > 5.0
+    assert high_snr.any() and (~high_snr).any()
+    assert torch.allclose(weight[~high_snr], torch.ones(int((~high_snr).sum())))
+    assert torch.allclose(weight[high_snr], 5.0 / snr[high_snr])
+    assert weight[0] < 0.01  # the first step's SNR is in the thousands
+    assert torch.equal(min_snr_weight(diffusion, i, gamma=None), torch.ones(diffusion.num_steps))
+    with pytest.raises(ValueError, match="min_snr_gamma"):
+        min_snr_weight(diffusion, i, gamma=0.0)
 
 
 def _mean(values):
