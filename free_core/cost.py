@@ -9,6 +9,25 @@ import torch
 
 from .denoiser import GuidedDenoiser
 
+BatchCostCurve = dict[int, float]  # rows in one DiT forward -> seconds
+
+
+def interpolate_cost(curve: BatchCostCurve, rows: int) -> float:
+    """Piecewise-linear in rows; linear extrapolation past the last measured point."""
+    known = sorted(curve)
+    if rows in curve:
+        return curve[rows]
+    if rows > known[-1]:
+        last, before = known[-1], known[-2] if len(known) > 1 else known[-1]
+        slope = (curve[last] - curve[before]) / (last - before) if last != before else curve[last] / last
+        return curve[last] + slope * (rows - last)
+    below = max(r for r in known if r <= rows) if rows >= known[0] else known[0]
+    above = min(r for r in known if r >= rows)
+    if below == above:
+        return curve[below]
+    w = (rows - below) / (above - below)
+    return (1 - w) * curve[below] + w * curve[above]
+
 
 @torch.no_grad()
 def measure_batch_cost(denoiser: GuidedDenoiser, x: torch.Tensor, labels: torch.Tensor, row_counts: list[int],

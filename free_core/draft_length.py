@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Callable
 
+from .cost import BatchCostCurve, interpolate_cost
+
 if TYPE_CHECKING:
     from .stats import SamplingStats
 
@@ -29,9 +31,6 @@ class FixedDraftLength(DraftLengthPolicy):
 
     def next_length(self, stats: "SamplingStats") -> int:
         return self.length
-
-
-BatchCostCurve = dict[int, float]  # rows in one DiT forward -> seconds
 
 
 class AdaptiveDraftLength(DraftLengthPolicy):
@@ -74,15 +73,7 @@ class AdaptiveDraftLength(DraftLengthPolicy):
     def _cost(self, rows: int) -> float:
         if not self.cost_curve:
             return float(rows)  # no curve: cost proportional to work, the pessimistic GPU-saturated case
-        known = sorted(self.cost_curve)
-        if rows in self.cost_curve:
-            return self.cost_curve[rows]
-        below = max([r for r in known if r <= rows], default=known[0])
-        above = min([r for r in known if r >= rows], default=known[-1])
-        if below == above:
-            return self.cost_curve[below] * rows / below
-        w = (rows - below) / (above - below)
-        return (1 - w) * self.cost_curve[below] + w * self.cost_curve[above]
+        return interpolate_cost(self.cost_curve, rows)
 
     def observe(self, stats: "SamplingStats") -> None:
         proposed, accepted = sum(stats.proposed_per_step), sum(stats.accepted_per_step)

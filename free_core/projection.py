@@ -11,24 +11,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from .cost import interpolate_cost
 from .stats import SamplingStats
-
-
-def interpolate_cost(curve: dict[int, float], rows: int) -> float:
-    """Piecewise-linear in rows; linear extrapolation past the last measured point."""
-    known = sorted(curve)
-    if rows in curve:
-        return curve[rows]
-    if rows > known[-1]:
-        last, before = known[-1], known[-2] if len(known) > 1 else known[-1]
-        slope = (curve[last] - curve[before]) / (last - before) if last != before else curve[last] / last
-        return curve[last] + slope * (rows - last)
-    below = max(r for r in known if r <= rows) if rows >= known[0] else known[0]
-    above = min(r for r in known if r >= rows)
-    if below == above:
-        return curve[below]
-    w = (rows - below) / (above - below)
-    return (1 - w) * curve[below] + w * curve[above]
 
 
 def projected_speedup(stats: SamplingStats, curve: dict[int, float], branches: int = 1, draft_cost_ratio: float = 0.0) -> float:

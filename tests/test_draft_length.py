@@ -2,6 +2,7 @@
 
 import pytest
 
+from free_core.cost import interpolate_cost
 from free_core.draft_length import AdaptiveDraftLength, FixedDraftLength
 from free_core.stats import SamplingStats
 
@@ -43,3 +44,11 @@ def test_policy_measures_its_curve_once_per_run_and_only_from_the_past():
 def test_fixed_length_rejects_bad_values(bad):
     with pytest.raises(ValueError, match="draft_length"):
         FixedDraftLength(bad)
+
+
+def test_cost_curve_interpolates_between_and_extrapolates_past_the_measured_rows():
+    curve = {1: 1.0, 2: 2.0, 4: 3.0}
+    assert interpolate_cost(curve, 2) == 2.0
+    assert interpolate_cost(curve, 3) == pytest.approx(2.5)
+    assert interpolate_cost(curve, 6) == pytest.approx(4.0)  # the last segment's slope, not proportional to rows
+    assert AdaptiveDraftLength(cost_curve=curve)._cost(6) == pytest.approx(4.0)
