@@ -23,9 +23,9 @@ from typing import Any, Callable
 
 import torch
 
-from .coupling import maximal_coupling
 from .draft_length import DraftLengthPolicy
-from .speculative import _check_options
+from .sampling import step_noise
+from .speculative import _check_options, accept_prefix, verification_layout
 from .stats import SamplingStats
 
 Model = Callable[..., torch.Tensor]
@@ -87,7 +87,7 @@ def sample_euler_ancestral(
         sigma, sigma_next = sigmas[i].expand(n), sigmas[i + 1].expand(n)
         denoised = model(x, sigma.to(x), **extra_args)
         mean, std = ancestral_transition(x, denoised, sigma, sigma_next)
-        x = mean + std * _noise(x, generator)
+        x = mean + std * step_noise(x, generator)
         stats.rounds += 1
         stats.sequential_dit_calls += 1
         stats.dit_states += n
@@ -151,7 +151,7 @@ def sample_free_euler_ancestral(
                 states[j][rows], last_denoised[active][rows], sigmas[a_done[rows] + j], sigmas[a_done[rows] + j + 1]
             )
             next_state = states[j].clone()
-            next_state[rows] = mean_p + std_p * _noise(mean_p, generator)
+            next_state[rows] = mean_p + std_p * step_noise(mean_p, generator)
             states.append(next_state)
             full_mean, full_std = torch.zeros_like(states[0]), torch.zeros_like(states[0])
             full_mean[rows], full_std[rows] = mean_p, std_p
@@ -160,10 +160,7 @@ def sample_free_euler_ancestral(
             stats.drafter_calls += 1
 
         # 2. verify all (sample, position <= K_b) in one model call with per-row sigmas
-        per_sample = drafts + 1
-        offsets = torch.cumsum(per_sample, 0) - per_sample
-        pair_a = torch.repeat_interleave(torch.arange(a_count), per_sample)
-        pair_j = torch.arange(pair_a.numel()) - offsets[pair_a]
+        offsets, pair_a, pair_j = verification_layout(drafts)
         verify_x = torch.stack(states, dim=1)[pair_a, pair_j]
         verify_step = a_done[pair_a] + pair_j
         verify_sigma, verify_next = sigmas[verify_step], sigmas[verify_step + 1]
@@ -175,33 +172,16 @@ def sample_free_euler_ancestral(
         stats.dit_rows += pair_a.numel()
 
         # 3. accept the longest prefix; the first rejection commits the coupled exact draw
-        new_state = torch.empty_like(states[0])
-        stop = drafts.clone()
-        decided = torch.zeros(a_count, dtype=torch.bool)
-        for j in range(k_max):
-            rows = ((drafts > j) & ~decided).nonzero().flatten()
-            if not rows.numel():
-                break
-            q_rows = offsets[rows] + j
-            step_index = a_done[rows] + j
-            temperature = None
-            if mode == "relax" and relax_strength > 0:
-                temperature = relax_temperature_sigma(sigmas[step_index], sigmas[step_index + 1], relax_strength)
-            y, accepted = maximal_coupling(
-                states[j + 1][rows], draft_means[j][rows], draft_stds[j][rows],
-                mean_q[q_rows], std_q[q_rows], generator, temperature=temperature,
-            )
-            accepted = accepted.cpu()
-            proposed += torch.bincount(step_index.cpu(), minlength=total_steps)
-            accepted_count += torch.bincount(step_index.cpu()[accepted], minlength=total_steps)
-            rejected = rows[~accepted]
-            new_state[rejected] = y[~accepted]
-            stop[rejected] = j
-            decided[rejected] = True
-        bonus = (~decided).nonzero().flatten()
-        if bonus.numel():
-            q_rows = offsets[bonus] + drafts[bonus]
-            new_state[bonus] = mean_q[q_rows] + std_q[q_rows] * _noise(mean_q[q_rows], generator)
+        def relax_temperature_at(step_index: torch.Tensor) -> torch.Tensor | None:
+            if mode != "relax" or relax_strength == 0:
+                return None
+            return relax_temperature_sigma(sigmas[step_index], sigmas[step_index + 1], relax_strength)
+
+        new_state, stop = accept_prefix(
+            states, draft_means, draft_stds, drafts, offsets, mean_q, std_q, generator,
+            step_of=lambda rows, j: a_done[rows] + j, temperature_of=relax_temperature_at,
+            proposed=proposed, accepted_count=accepted_count,
+        )
 
         # 4. commit
         x[active] = new_state
@@ -240,6 +220,3 @@ def _generator(extra_args: dict, x: torch.Tensor) -> torch.Generator:
         seed = int(torch.randint(0, 2**62, (1,)))
     return torch.Generator(device=x.device).manual_seed(int(seed))
 
-
-def _noise(like: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    return torch.randn(like.shape, generator=generator, device=like.device, dtype=like.dtype)

@@ -14,7 +14,7 @@ Strict mode returns samples with exactly the law of `sample_ancestral`.
 from __future__ import annotations
 
 import time
-from typing import Literal
+from typing import Callable, Literal
 
 import torch
 
@@ -43,6 +43,66 @@ def _check_options(draft_length: int | DraftLengthPolicy, mode: str, relax_stren
     if isinstance(draft_length, int):
         return FixedDraftLength(draft_length)
     return draft_length
+
+
+def verification_layout(drafts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Rows of one ragged verification batch holding positions 0..K_b of every sample b.
+
+    Returns (offsets, sample, position): offsets[b] is the row of (b, 0); row r holds (sample[r], position[r]).
+    """
+    per_sample = drafts + 1
+    offsets = torch.cumsum(per_sample, 0) - per_sample
+    sample = torch.repeat_interleave(torch.arange(drafts.numel()), per_sample)
+    position = torch.arange(sample.numel()) - offsets[sample]
+    return offsets, sample, position
+
+
+def accept_prefix(
+    states: list[torch.Tensor],
+    draft_means: list[torch.Tensor],
+    draft_stds: list[torch.Tensor],
+    drafts: torch.Tensor,
+    offsets: torch.Tensor,
+    mean_q: torch.Tensor,
+    std_q: torch.Tensor,
+    generator: torch.Generator,
+    step_of: Callable[[torch.Tensor, int], torch.Tensor],
+    temperature_of: Callable[[torch.Tensor], torch.Tensor | None],
+    proposed: torch.Tensor,
+    accepted_count: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Couple each drafted transition j = 0, 1, ... with its verified one until the first rejection.
+
+    A rejection commits the coupling's exact draw; a sample whose K_b drafts all pass takes one more exact
+    transition out of its last drafted state. `step_of(rows, j)` names the step index of draft j (for the
+    per-step counts `proposed`/`accepted_count`, updated in place, and `temperature_of`). Returns
+    (new_state, stop): stop[b] is the position whose exact transition produced sample b's new state.
+    """
+    new_state = torch.empty_like(states[0])
+    stop = drafts.clone()
+    decided = torch.zeros(drafts.numel(), dtype=torch.bool)
+    for j in range(len(draft_means)):
+        rows = ((drafts > j) & ~decided).nonzero().flatten()
+        if not rows.numel():
+            break
+        q_rows = offsets[rows] + j
+        step_index = step_of(rows, j)
+        y, accepted = maximal_coupling(
+            states[j + 1][rows], draft_means[j][rows], draft_stds[j][rows],
+            mean_q[q_rows], std_q[q_rows], generator, temperature=temperature_of(step_index),
+        )
+        accepted, step_index = accepted.cpu(), step_index.cpu()
+        proposed += torch.bincount(step_index, minlength=proposed.numel())
+        accepted_count += torch.bincount(step_index[accepted], minlength=accepted_count.numel())
+        rejected = rows[~accepted]
+        new_state[rejected] = y[~accepted]
+        stop[rejected] = j
+        decided[rejected] = True
+    bonus = (~decided).nonzero().flatten()
+    if bonus.numel():
+        q_rows = offsets[bonus] + drafts[bonus]
+        new_state[bonus] = mean_q[q_rows] + std_q[q_rows] * step_noise(mean_q[q_rows], generator)
+    return new_state, stop
 
 
 @torch.no_grad()
@@ -121,10 +181,7 @@ def sample_speculative(
                 work_history[rows] = torch.cat([work_history[rows][:, :, 1:], drafted], dim=2)
 
         # 2. verify: every (sample, position <= K_b) in one DiT forward ---------------------------
-        states_per_sample = drafts + 1
-        offsets = torch.cumsum(states_per_sample, 0) - states_per_sample  # row of (a, 0) in the batch
-        pair_a = torch.repeat_interleave(torch.arange(a_count), states_per_sample)
-        pair_j = torch.arange(pair_a.numel()) - offsets[pair_a]
+        offsets, pair_a, pair_j = verification_layout(drafts)
         stacked = torch.stack(states, dim=1)  # (A, k_max+1, C, H, W)
         verify_x = stacked[pair_a, pair_j]
         verify_i = (a_step[pair_a] - pair_j).to(device)
@@ -137,35 +194,18 @@ def sample_speculative(
         stats.dit_rows += output_rows.shape[0]
 
         # 3. accept the longest prefix; the first rejection keeps the coupled exact sample ---------
-        new_state = torch.empty_like(states[0])
-        stop = drafts.clone()  # position whose exact transition produced the new state
-        decided = torch.zeros(a_count, dtype=torch.bool)
-        for j in range(k_max):
-            rows = ((drafts > j) & ~decided).nonzero().flatten()
-            if not rows.numel():
-                break
-            q_rows = offsets[rows] + j
-            temperature = None
-            if mode == "relax" and relax_strength > 0:
-                temperature = relax_temperature(diffusion, a_step[rows] - j, relax_strength).to(device)
-            y, accepted = maximal_coupling(
-                states[j + 1][rows], draft_means[j][rows], draft_stds[j][rows],
-                mean_q[q_rows], std_q[q_rows], generator, temperature=temperature,
-            )
-            accepted = accepted.cpu()
-            tested_steps = a_step[rows] - j
-            proposed += torch.bincount(tested_steps, minlength=total_steps)
-            accepted_count += torch.bincount(tested_steps[accepted], minlength=total_steps)
-            stats.proposed_per_step = proposed.tolist()
-            stats.accepted_per_step = accepted_count.tolist()
-            rejected = rows[~accepted]
-            new_state[rejected] = y[~accepted]
-            stop[rejected] = j
-            decided[rejected] = True
-        bonus = (~decided).nonzero().flatten()  # every draft accepted: one more exact transition
-        if bonus.numel():
-            q_rows = offsets[bonus] + drafts[bonus]
-            new_state[bonus] = mean_q[q_rows] + std_q[q_rows] * step_noise(mean_q[q_rows], generator)
+        def relax_temperature_at(step_index: torch.Tensor) -> torch.Tensor | None:
+            if mode != "relax" or relax_strength == 0:
+                return None
+            return relax_temperature(diffusion, step_index, relax_strength).to(device)
+
+        new_state, stop = accept_prefix(
+            states, draft_means, draft_stds, drafts, offsets, mean_q, std_q, generator,
+            step_of=lambda rows, j: a_step[rows] - j, temperature_of=relax_temperature_at,
+            proposed=proposed, accepted_count=accepted_count,
+        )
+        stats.proposed_per_step = proposed.tolist()
+        stats.accepted_per_step = accepted_count.tolist()
 
         # 4. commit; keep the exact outputs and features of the states the chain moved through -----
         x[active] = new_state
