@@ -8,7 +8,6 @@ The same pipeline as `train_drafter` (collect the DiT's own trajectories, then u
 
 from __future__ import annotations
 
-import math
 from typing import Callable
 
 import torch
@@ -17,7 +16,7 @@ from .denoiser import GuidedDenoiser
 from .diffusion import GaussianDiffusion
 from .dit import DiT
 from .drafter import FreeDrafter, drafter_for
-from .train_drafter import DrafterTrainConfig, collect_trajectories, unrolled_loss
+from .train_drafter import DrafterTrainConfig, collect_trajectories, feature_scale, optimisation_step
 
 ProgressCallback = Callable[[int, int], None]
 
@@ -71,19 +70,12 @@ def _fit(dit: DiT, cfg: DrafterTrainConfig, on_progress: ProgressCallback | None
         relay = _ProgressRelay(on_progress, k * collect_units, total)
         denoiser = GuidedDenoiser(dit, diffusion, cfg_scale=scale)
         datasets.append(collect_trajectories(denoiser, cfg.trajectories, generator, cfg.collect_batch, device, relay))
-    feature_scale = float(torch.stack([d.features[:, :, :: max(1, cfg.sampling_steps // 10)].float().var() for d in datasets]).mean())
+    scale = feature_scale(datasets, cfg.sampling_steps)
 
     generator = torch.Generator().manual_seed(cfg.seed * 7919)
     losses: list[float] = []
     for step in range(cfg.train_steps):
-        for group in optimizer.param_groups:
-            group["lr"] = cfg.lr * (0.5 * (1 + math.cos(math.pi * step / cfg.train_steps)) * 0.95 + 0.05)
-        loss, _ = unrolled_loss(drafter, dit, diffusion, datasets[step % len(datasets)], cfg.batch_size, cfg.unroll,
-                                cfg.history_length, cfg.acceptance_weight, generator, device, feature_scale)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(drafter.parameters(), 1.0)
-        optimizer.step()
+        loss, _ = optimisation_step(drafter, drafter, optimizer, dit, diffusion, datasets, cfg, step, generator, device, scale)
         losses.append(loss.item())
         if on_progress is not None:
             on_progress(len(cfg.cfg_scales) * collect_units + step + 1, total)

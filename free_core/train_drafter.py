@@ -130,6 +130,28 @@ def unrolled_loss(drafter: torch.nn.Module, dit: DiT, diffusion: GaussianDiffusi
     return total / max(count, 1), accept_sum / max(count, 1)
 
 
+def feature_scale(datasets: list[Trajectories], sampling_steps: int) -> float:
+    """Variance of the top-block features (about ten steps per trajectory): the unit of the feature loss."""
+    stride = max(1, sampling_steps // 10)
+    return float(torch.stack([d.features[:, :, ::stride].float().var() for d in datasets]).mean())
+
+
+def optimisation_step(drafter: FreeDrafter, trainable: torch.nn.Module, optimizer: torch.optim.Optimizer, dit: DiT,
+                      diffusion: GaussianDiffusion, datasets: list[Trajectories], cfg: DrafterTrainConfig, step: int,
+                      generator: torch.Generator, device: torch.device | str, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """One update of `drafter` (through `trainable`, its DDP wrapper or itself) on the unrolled loss:
+    cosine learning rate, datasets taken in turn, gradient norm clipped to 1. Returns (loss, acceptance proxy)."""
+    for group in optimizer.param_groups:
+        group["lr"] = cfg.lr * (0.5 * (1 + math.cos(math.pi * step / cfg.train_steps)) * 0.95 + 0.05)
+    loss, acceptance = unrolled_loss(trainable, dit, diffusion, datasets[step % len(datasets)], cfg.batch_size, cfg.unroll,
+                                     cfg.history_length, cfg.acceptance_weight, generator, device, scale)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(drafter.parameters(), 1.0)
+    optimizer.step()
+    return loss.detach(), acceptance.detach()
+
+
 def train_drafter(cfg: DrafterTrainConfig, dit: DiT | None = None) -> tuple[Path, list[float]]:
     """Collect trajectories (cached in `out`), train the drafter, save `out/drafter.safetensors`."""
     ctx = setup_distributed(cfg.device)
@@ -145,7 +167,7 @@ def train_drafter(cfg: DrafterTrainConfig, dit: DiT | None = None) -> tuple[Path
     diffusion = GaussianDiffusion.respaced(cfg.sampling_steps)
 
     datasets = _collect_or_load(cfg, dit, diffusion, ctx, out_dir)
-    feature_scale = float(torch.stack([d.features[:, :, :: max(1, cfg.sampling_steps // 10)].float().var() for d in datasets]).mean())
+    scale = feature_scale(datasets, cfg.sampling_steps)
 
     step, resume_path = 0, out_dir / f"drafter_state_rank{ctx.rank}.pt"
     if resume_path.is_file():
@@ -176,19 +198,12 @@ def train_drafter(cfg: DrafterTrainConfig, dit: DiT | None = None) -> tuple[Path
             if ctx.is_main:
                 print(f"time limit of {cfg.max_minutes} min reached at step {step}", flush=True)
             break
-        for group in optimizer.param_groups:
-            group["lr"] = cfg.lr * (0.5 * (1 + math.cos(math.pi * step / cfg.train_steps)) * 0.95 + 0.05)
-        data = datasets[step % len(datasets)]
-        loss, acceptance = unrolled_loss(trainable, dit, diffusion, data, cfg.batch_size, cfg.unroll, cfg.history_length,
-                                         cfg.acceptance_weight, generator, ctx.device, feature_scale)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(drafter.parameters(), 1.0)
-        optimizer.step()
+        loss, acceptance = optimisation_step(drafter, trainable, optimizer, dit, diffusion, datasets, cfg, step, generator,
+                                             ctx.device, scale)
         step += 1
-        loss_value = all_reduce_mean(loss.detach(), ctx).item()
+        loss_value = all_reduce_mean(loss, ctx).item()
         losses.append(loss_value)
-        progress.update(step, loss=loss_value, accept=all_reduce_mean(acceptance.detach(), ctx).item())
+        progress.update(step, loss=loss_value, accept=all_reduce_mean(acceptance, ctx).item())
         if step % cfg.checkpoint_every == 0:
             save_state()
     save_state()
