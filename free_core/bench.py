@@ -35,10 +35,12 @@ class BenchConfig:
     steps: tuple[int, ...] = (50, 250)
     batches: tuple[int, ...] = (1, 8)
     draft_lengths: tuple[int | str, ...] = (2, 4, 6, 8, "adaptive")
-    relax_strengths: tuple[float, ...] = (0.5, 1.0, 2.0)
+    relax_strengths: tuple[float, ...] = (2.0, 8.0, 32.0)
+    relax_draft_length: int = 8
     repeats: int = 3
     quality_samples: int = 1000
     quality_steps: int = 50
+    quality_draft_length: int = 8
     cfg_scale: float = 4.0
     seed: int = 0
     out_dir: str = "docs"
@@ -48,8 +50,8 @@ class BenchConfig:
 
 def quick_config(out_dir: str = "runs/bench-quick") -> BenchConfig:
     """The < 2 minute variant run by the test suite: every field, tiny sizes."""
-    return BenchConfig(steps=(20,), batches=(1, 2), draft_lengths=(4, "adaptive"), relax_strengths=(1.0,), repeats=1,
-                       quality_samples=20, quality_steps=20, out_dir=out_dir, quick=True)
+    return BenchConfig(steps=(20,), batches=(1, 2), draft_lengths=(4, "adaptive"), relax_strengths=(8.0,), relax_draft_length=4,
+                       repeats=1, quality_samples=20, quality_steps=20, quality_draft_length=4, out_dir=out_dir, quick=True)
 
 
 def _reset_peak_memory() -> None:
@@ -91,6 +93,8 @@ def run_speed(config: BenchConfig, model, drafters: dict, log) -> list[dict]:
             sweep = steps == max(config.steps) and batch == min(config.batches)
             lengths = config.draft_lengths if sweep else [k for k in config.draft_lengths if k in (6, "adaptive")]
             variants += [("strict", "learned", k, "strict", 0.0) for k in lengths]
+            # Relax at a fixed long K shows how far loosening acceptance cuts calls; adaptive K what it buys in wall clock.
+            variants += [("relax", "learned", config.relax_draft_length, "relax", s) for s in config.relax_strengths]
             variants += [("relax", "learned", "adaptive", "relax", s) for s in config.relax_strengths]
             baseline_time = None
             for name, drafter_name, draft_length, mode, strength in variants:
@@ -144,9 +148,10 @@ def run_quality(config: BenchConfig, model, drafters: dict, log) -> list[dict]:
             images, stats = sample_ancestral(denoiser, x_T, labels, generator)
         else:
             images, stats = sample_speculative(denoiser, drafters[drafter_name], x_T, labels, generator,
-                                               draft_length=6, mode=mode, relax_strength=strength)
+                                               draft_length=config.quality_draft_length, mode=mode, relax_strength=strength)
         report = quality_report(classifier, images, labels, reference)
-        row = {"sampler": name, "relax_strength": strength, "steps": config.quality_steps, **report,
+        row = {"sampler": name, "relax_strength": strength, "steps": config.quality_steps,
+               "draft_length": "-" if drafter_name is None else config.quality_draft_length, **report,
                "acceptance": stats.acceptance_rate, "mean_advance": stats.mean_advance}
         rows.append(row)
         log(f"quality {name:8s} relax={strength:<4} n={n} FD={report['fd']:.3f} accuracy={report['class_accuracy']:.3f} "

@@ -35,6 +35,50 @@ def gpu_projection_rows(speed_rows: list[dict], assumptions: GpuAssumptions = Gp
     return rows
 
 
+def target_rows(speed: list[dict], quality: list[dict]) -> list[dict]:
+    """The issue's targets at the main setting (most steps, batch 1), each with its measured value."""
+    if not speed:
+        return []
+    steps, batch = max(r["steps"] for r in speed), min(r["batch"] for r in speed)
+    main = [r for r in speed if r["steps"] == steps and r["batch"] == batch and r["drafter"] == "learned"]
+    fd = {(q["sampler"], q["relax_strength"]): q["fd"] for q in quality if q.get("class_accuracy") is not None}
+    rows = []
+    for r in main:
+        if r["sampler"] == "strict" and r["draft_length"] == "adaptive":
+            rows.append({"target": "strict, adaptive K: wall-clock speedup >= 1.5x", "variant": r,
+                         "measured": r["wall_clock_speedup"], "goal": 1.5})
+            rows.append({"target": "strict, adaptive K: fewer sequential calls >= 3x", "variant": r,
+                         "measured": r["call_reduction"], "goal": 3.0})
+    strict_fixed = [r for r in main if r["sampler"] == "strict" and r["draft_length"] != "adaptive"]
+    if strict_fixed:
+        best = max(strict_fixed, key=lambda r: r["call_reduction"])
+        rows.append({"target": f"strict, best fixed K (K={best['draft_length']}): fewer sequential calls >= 3x",
+                     "variant": best, "measured": best["call_reduction"], "goal": 3.0})
+    for r in main:
+        if r["sampler"] != "relax":
+            continue
+        relative_fd = None
+        if ("relax", r["relax_strength"]) in fd and ("baseline", 0.0) in fd:
+            relative_fd = fd[("relax", r["relax_strength"])] / fd[("baseline", 0.0)] - 1
+        rows.append({"target": f"relax {r['relax_strength']:g}, K={r['draft_length']}: fewer calls >= 4x, FD within 10%",
+                     "variant": r, "measured": r["call_reduction"], "goal": 4.0, "relative_fd": relative_fd})
+    return rows
+
+
+def _target_line(row: dict) -> str:
+    met = row["measured"] >= row["goal"]
+    verdict = "met" if met else f"missed by {row['goal'] / row['measured']:.2f}x"
+    fd_text = "-"
+    if "relative_fd" in row:
+        if row["relative_fd"] is None:
+            fd_text = "not measured"
+        else:
+            fd_ok = row["relative_fd"] <= 0.10
+            fd_text = f"{row['relative_fd']:+.1%} ({'within' if fd_ok else 'outside'} 10%)"
+            verdict = verdict if fd_ok else verdict + "; FD outside 10%"
+    return f"| {row['target']} | {row['measured']:.2f}x | {fd_text} | {verdict} |"
+
+
 def write_report(results: dict, out_dir: str | Path, command: str) -> Path:
     out_dir = Path(out_dir)
     images = out_dir / "images"
@@ -50,6 +94,15 @@ def write_report(results: dict, out_dir: str | Path, command: str) -> Path:
         "on the same noise and labels; wall clock is the median of the repeats.",
         "",
     ]
+    targets = target_rows(speed, quality)
+    if targets:
+        lines += [f"## Targets (steps {max(r['steps'] for r in speed)}, batch {min(r['batch'] for r in speed)}, learned drafter)", "",
+                  "| target | measured | FD vs baseline | verdict |", "|---|---|---|---|"]
+        lines += [_target_line(t) for t in targets]
+        if quality:
+            lines += ["", f"FD is measured at {quality[0]['steps']} steps (the quality table below), the calls at "
+                      f"{max(r['steps'] for r in speed)} steps."]
+        lines.append("")
     if speed:
         lines += [f"## Speed (embedded DiT, CFG {results['config']['cfg_scale']:g}, learned variance)", "",
                   "| steps | batch | sampler | drafter | K | relax | sequential DiT calls | fewer calls | DiT states | acceptance | mean steps/round | wall s | wall-clock speedup | peak RSS MB |",
@@ -88,11 +141,11 @@ def write_report(results: dict, out_dir: str | Path, command: str) -> Path:
         lines += ["## Acceptance per step", "", "![acceptance per step](images/acceptance_per_step.png)", ""]
     if quality:
         lines += [f"## Quality (n = {quality[0]['n']} samples, {quality[0]['steps']} steps, shipped classifier)", "",
-                  "| sampler | relax | FD | class accuracy | mean steps/round |", "|---|---|---|---|---|"]
+                  "| sampler | K | relax | FD | class accuracy | mean steps/round |", "|---|---|---|---|---|---|"]
         for q in quality:
             accuracy = "-" if q.get("class_accuracy") is None else f"{q['class_accuracy']:.3f}"
             advance = f"{q['mean_advance']:.2f}" if "mean_advance" in q else "-"
-            lines.append(f"| {q['sampler']} | {q['relax_strength']:g} | {q['fd']:.3f} | {accuracy} | {advance} |")
+            lines.append(f"| {q['sampler']} | {q.get('draft_length', '-')} | {q['relax_strength']:g} | {q['fd']:.3f} | {accuracy} | {advance} |")
         lines += ["", "The real-images row is FD between two disjoint real sets of the same size: the noise floor of FD at this n.", "",
                   "![speed vs quality](images/speed_vs_quality.png)", ""]
         _plot_speed_quality(quality, images / "speed_vs_quality.png")

@@ -138,7 +138,8 @@ def command_bench(args: argparse.Namespace) -> int:
 
     config = quick_config(args.out_dir) if args.quick else BenchConfig(
         out_dir=args.out_dir, repeats=args.repeats, quality_samples=args.quality_samples, quality_steps=args.quality_steps,
-        steps=tuple(int(v) for v in args.steps.split(",")), batches=tuple(int(v) for v in args.batches.split(",")))
+        steps=tuple(int(v) for v in args.steps.split(",")), batches=tuple(int(v) for v in args.batches.split(",")),
+        relax_strengths=tuple(float(v) for v in args.relax_strengths.split(",")))
     if args.sections:
         config.sections = args.sections.split(",")
     results = run_bench(config, json_path=None)
@@ -149,7 +150,8 @@ def command_bench(args: argparse.Namespace) -> int:
     if write_report is not None:
         command = "python -m free_core bench " + ("--quick" if args.quick else (
             f"--steps {args.steps} --batches {args.batches} --repeats {args.repeats} "
-            f"--quality-samples {args.quality_samples} --quality-steps {args.quality_steps}"))
+            f"--quality-samples {args.quality_samples} --quality-steps {args.quality_steps} "
+            f"--relax-strengths {args.relax_strengths}"))
         try:
             print(f"wrote {write_report(results, config.out_dir, command)}")
         except ImportError as error:
@@ -231,6 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--quality-steps", type=int, default=50)
     bench.add_argument("--steps", default="50,250", help="comma-separated step counts")
     bench.add_argument("--batches", default="1,8", help="comma-separated batch sizes")
+    bench.add_argument("--relax-strengths", default="2,8,32", help="comma-separated relax strengths")
     bench.add_argument("--sections", default=None, help="comma-separated subset of speed,quality,cost")
     bench.set_defaults(handler=command_bench)
 

@@ -2,6 +2,7 @@
 
 import json
 
+from free_core.bench_report import _target_line, target_rows
 from free_core.cli import main
 
 SPEED_FIELDS = {"steps", "batch", "sampler", "drafter", "draft_length", "relax_strength", "sequential_dit_calls",
@@ -28,5 +29,24 @@ def test_quick_bench_writes_json_with_every_field(tmp_path):
         assert QUALITY_FIELDS <= set(row)
     assert all(p["projected_speedup"] > 0 for p in results["gpu_projection"]["rows"])
     report = (tmp_path / "docs" / "benchmarks.md").read_text()
-    assert "wall-clock speedup" in report and "GPU projection" in report
+    assert "wall-clock speedup" in report and "GPU projection" in report and "## Targets" in report
+    assert ("relax", "learned", "4") in samplers  # relax at the fixed long K as well as adaptive
     assert (tmp_path / "docs" / "images" / "batch_cost.png").is_file()
+
+
+def _row(sampler, k, calls, wall=1.0, strength=0.0):
+    return {"steps": 250, "batch": 1, "sampler": sampler, "drafter": "learned", "draft_length": k,
+            "relax_strength": strength, "call_reduction": calls, "wall_clock_speedup": wall}
+
+
+def test_targets_compare_measured_ratios_and_fd_with_the_goals():
+    speed = [_row("strict", "adaptive", 2.0, wall=0.75), _row("strict", 6, 3.3), _row("relax", 8, 5.0, strength=8.0),
+             _row("relax", 8, 4.5, strength=2.0)]
+    quality = [{"sampler": "baseline", "relax_strength": 0.0, "fd": 10.0, "class_accuracy": 0.9},
+               {"sampler": "relax", "relax_strength": 8.0, "fd": 12.0, "class_accuracy": 0.9},
+               {"sampler": "relax", "relax_strength": 2.0, "fd": 10.5, "class_accuracy": 0.9}]
+    lines = [_target_line(t) for t in target_rows(speed, quality)]
+    assert any("wall-clock" in line and "missed by 2.00x" in line for line in lines)
+    assert any("best fixed K (K=6)" in line and "| met |" in line for line in lines)
+    assert any("relax 8" in line and "+20.0% (outside 10%)" in line and "FD outside 10%" in line for line in lines)
+    assert any("relax 2" in line and "+5.0% (within 10%)" in line and line.endswith("| met |") for line in lines)
