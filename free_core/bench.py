@@ -200,3 +200,27 @@ def run_bench(config: BenchConfig, json_path: str | None = None, log=print) -> d
         Path(json_path).parent.mkdir(parents=True, exist_ok=True)
         Path(json_path).write_text(json.dumps(results, indent=2))
     return results
+
+
+def merge_results(parts: list[dict]) -> dict:
+    """One results dict from bench runs of different sections: each section from the run that has it.
+
+    A section present in two runs is refused. Runs on different machines (or thread counts) keep each
+    machine description next to the sections it measured.
+    """
+    if not parts:
+        raise ValueError("merge_results needs at least one bench result")
+    machine = parts[0]["machine"]
+    if any(p["machine"] != machine for p in parts):
+        machine = "; ".join(f"{'/'.join(s for s in ('batch_cost_curve', 'speed', 'quality') if s in p)}: {p['machine']}"
+                            for p in parts)
+    merged: dict = {"machine": machine, "config": parts[0]["config"], "commands": [], "bench_time_s": 0.0}
+    for part in parts:
+        for section in ("batch_cost_curve", "speed", "quality"):
+            if section in part:
+                if section in merged:
+                    raise ValueError(f"two bench results both have the {section!r} section; give each section once")
+                merged[section] = part[section]
+        merged["commands"] += part.get("commands", [])
+        merged["bench_time_s"] += part.get("bench_time_s", 0.0)
+    return merged

@@ -79,7 +79,7 @@ def _target_line(row: dict) -> str:
     return f"| {row['target']} | {row['measured']:.2f}x | {fd_text} | {verdict} |"
 
 
-def write_report(results: dict, out_dir: str | Path, command: str) -> Path:
+def write_report(results: dict, out_dir: str | Path) -> Path:
     out_dir = Path(out_dir)
     images = out_dir / "images"
     images.mkdir(parents=True, exist_ok=True)
@@ -88,7 +88,7 @@ def write_report(results: dict, out_dir: str | Path, command: str) -> Path:
     lines = [
         "# Benchmarks: baseline vs FREE strict / relax vs the frozen drafter",
         "",
-        f"Command: `{command}`  ",
+        "Commands: " + "; ".join(f"`{c}`" for c in results.get("commands", [])) + "  ",
         f"Machine: {results['machine']}  ",
         f"Total bench time: {results['bench_time_s']:.0f} s. Every ratio is against the baseline measured in the same run, "
         "on the same noise and labels; wall clock is the median of the repeats.",

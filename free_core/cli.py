@@ -138,29 +138,47 @@ def command_bench(args: argparse.Namespace) -> int:
 
     config = quick_config(args.out_dir) if args.quick else BenchConfig(
         out_dir=args.out_dir, repeats=args.repeats, quality_samples=args.quality_samples, quality_steps=args.quality_steps,
+        quality_draft_length=args.quality_draft_length,
         steps=tuple(int(v) for v in args.steps.split(",")), batches=tuple(int(v) for v in args.batches.split(",")),
         relax_strengths=tuple(float(v) for v in args.relax_strengths.split(",")))
     if args.sections:
         config.sections = args.sections.split(",")
+    command = "python -m free_core bench " + ("--quick" if args.quick else (
+        f"--steps {args.steps} --batches {args.batches} --repeats {args.repeats} "
+        f"--quality-samples {args.quality_samples} --quality-steps {args.quality_steps} "
+        f"--quality-draft-length {args.quality_draft_length} --relax-strengths {args.relax_strengths}"
+        + (f" --sections {args.sections}" if args.sections else "")))
     results = run_bench(config, json_path=None)
-    try:
-        from .bench_report import write_report
-    except ImportError:  # matplotlib missing: the JSON still has everything
-        write_report = None
-    if write_report is not None:
-        command = "python -m free_core bench " + ("--quick" if args.quick else (
-            f"--steps {args.steps} --batches {args.batches} --repeats {args.repeats} "
-            f"--quality-samples {args.quality_samples} --quality-steps {args.quality_steps} "
-            f"--relax-strengths {args.relax_strengths}"))
-        try:
-            print(f"wrote {write_report(results, config.out_dir, command)}")
-        except ImportError as error:
-            print(f"no report written ({error}); install matplotlib for the plots")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(results, indent=2))
-        print(f"wrote {args.json}")
+    results["commands"] = [command]
+    _write_bench_outputs(results, config.out_dir, args.json, report=not args.no_report)
     return 0
+
+
+def command_bench_report(args: argparse.Namespace) -> int:
+    """Merge the JSON of bench runs (e.g. speed on a quiet machine, quality later) into one report."""
+    from .bench import merge_results
+
+    parts = []
+    for path in args.results:
+        if not Path(path).is_file():
+            raise SystemExit(f"bench-report: no such results file {path!r}; write one with `python -m free_core bench --json PATH`")
+        parts.append(json.loads(Path(path).read_text()))
+    _write_bench_outputs(merge_results(parts), args.out_dir, args.json, report=True)
+    return 0
+
+
+def _write_bench_outputs(results: dict, out_dir: str, json_path: str | None, report: bool) -> None:
+    if report:
+        try:
+            from .bench_report import write_report
+
+            print(f"wrote {write_report(results, out_dir)}")
+        except ImportError as error:  # matplotlib missing: the JSON still has everything
+            print(f"no report written ({error}); install matplotlib for the plots")
+    if json_path:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_path).write_text(json.dumps(results, indent=2))
+        print(f"wrote {json_path}")
 
 
 def command_model_card(args: argparse.Namespace) -> int:
@@ -234,8 +252,16 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--steps", default="50,250", help="comma-separated step counts")
     bench.add_argument("--batches", default="1,8", help="comma-separated batch sizes")
     bench.add_argument("--relax-strengths", default="2,8,32", help="comma-separated relax strengths")
+    bench.add_argument("--quality-draft-length", type=int, default=8, help="K of the speculative quality runs")
+    bench.add_argument("--no-report", action="store_true", help="only the JSON (e.g. a part for bench-report)")
     bench.add_argument("--sections", default=None, help="comma-separated subset of speed,quality,cost")
     bench.set_defaults(handler=command_bench)
+
+    report = sub.add_parser("bench-report", help="merge bench JSON files (e.g. speed and quality parts) into one report")
+    report.add_argument("results", nargs="+", help="JSON files written by `bench --json`")
+    report.add_argument("--out-dir", default="docs", help="where benchmarks.md and images/ go")
+    report.add_argument("--json", default=None, help="also write the merged results as JSON")
+    report.set_defaults(handler=command_bench_report)
 
     card = sub.add_parser("model-card", help="measure the shipped weights and write free_core/weights/MODEL_CARD.md")
     card.add_argument("--quality-samples", type=int, default=500)

@@ -2,6 +2,9 @@
 
 import json
 
+import pytest
+
+from free_core.bench import merge_results
 from free_core.bench_report import _target_line, target_rows
 from free_core.cli import main
 
@@ -32,6 +35,22 @@ def test_quick_bench_writes_json_with_every_field(tmp_path):
     assert "wall-clock speedup" in report and "GPU projection" in report and "## Targets" in report
     assert ("relax", "learned", "4") in samplers  # relax at the fixed long K as well as adaptive
     assert (tmp_path / "docs" / "images" / "batch_cost.png").is_file()
+
+    # The same results in two parts (as from two bench runs) make the same report through bench-report.
+    speed_part = {k: v for k, v in results.items() if k not in ("quality", "gpu_projection")}
+    quality_part = {"machine": results["machine"] + " (other threads)", "config": results["config"],
+                    "quality": results["quality"], "commands": ["bench --sections quality"], "bench_time_s": 1.0}
+    for name, part in (("speed.json", speed_part), ("quality.json", quality_part)):
+        (tmp_path / name).write_text(json.dumps(part))
+    merged_path = tmp_path / "merged.json"
+    assert main(["bench-report", str(tmp_path / "speed.json"), str(tmp_path / "quality.json"),
+                 "--out-dir", str(tmp_path / "merged"), "--json", str(merged_path)]) == 0
+    merged = json.loads(merged_path.read_text())
+    assert merged["speed"] == results["speed"] and merged["quality"] == results["quality"]
+    assert "quality: " in merged["machine"] and merged["commands"][-1] == "bench --sections quality"
+    assert "## Targets" in (tmp_path / "merged" / "benchmarks.md").read_text()
+    with pytest.raises(ValueError, match="both have the"):
+        merge_results([speed_part, speed_part])
 
 
 def _row(sampler, k, calls, wall=1.0, strength=0.0):
