@@ -96,6 +96,9 @@ def run_speed(config: BenchConfig, model, drafters: dict, log) -> list[dict]:
             # Relax at a fixed long K shows how far loosening acceptance cuts calls; adaptive K what it buys in wall clock.
             variants += [("relax", "learned", config.relax_draft_length, "relax", s) for s in config.relax_strengths]
             variants += [("relax", "learned", "adaptive", "relax", s) for s in config.relax_strengths]
+            # One untimed run at this shape first: the first forwards of a new batch shape pay for allocator
+            # growth and kernel selection, which would otherwise be charged to the baseline.
+            sample_ancestral(denoiser, x_T, labels, torch.Generator().manual_seed(config.seed + 1))
             baseline_time = None
             for name, drafter_name, draft_length, mode, strength in variants:
                 times, stats, peak = [], None, None
