@@ -117,6 +117,8 @@ def write_model_card(results: dict, training_notes: dict[str, str]) -> Path:
             buckets.append(f"{start}-{min(start + 24, len(per_step) - 1)}: {sum(values) / len(values):.2f}")
     lines += ["", "Acceptance per step (learned drafter, strict, K=6), mean per 25-step bucket, step index 0 = last step: "
               + "; ".join(buckets), ""]
+    if training_notes.get("limitations"):
+        lines += ["## Known limitations", "", training_notes["limitations"], ""]
     path = WEIGHTS_DIR / "MODEL_CARD.md"
     path.write_text("\n".join(lines))
     (WEIGHTS_DIR / "model_card_measurements.json").write_text(json.dumps(results, indent=2))
