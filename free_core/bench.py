@@ -41,6 +41,7 @@ class BenchConfig:
     quality_samples: int = 1000
     quality_steps: int = 50
     quality_draft_length: int = 8
+    quality_samplers: tuple[str, ...] = ("baseline", "strict", "relax")
     cfg_scale: float = 4.0
     seed: int = 0
     out_dir: str = "docs"
@@ -134,6 +135,9 @@ def run_speed(config: BenchConfig, model, drafters: dict, log) -> list[dict]:
 
 
 def run_quality(config: BenchConfig, model, drafters: dict, log) -> list[dict]:
+    unknown = set(config.quality_samplers) - {"baseline", "strict", "relax"}
+    if unknown:
+        raise ValueError(f"quality_samplers must be a subset of baseline, strict, relax; got unknown {sorted(unknown)}")
     classifier = load_classifier()
     reference = reference_features(classifier, max(config.quality_samples, 500))
     diffusion = GaussianDiffusion.respaced(config.quality_steps)
@@ -144,6 +148,7 @@ def run_quality(config: BenchConfig, model, drafters: dict, log) -> list[dict]:
     labels = torch.arange(n) % model.num_classes
     variants = [("baseline", None, "strict", 0.0), ("strict", "learned", "strict", 0.0)]
     variants += [("relax", "learned", "relax", s) for s in config.relax_strengths]
+    variants = [v for v in variants if v[0] in config.quality_samplers]
     rows = []
     for name, drafter_name, mode, strength in variants:
         generator = torch.Generator().manual_seed(config.seed + 8)

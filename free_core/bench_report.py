@@ -100,8 +100,9 @@ def write_report(results: dict, out_dir: str | Path) -> Path:
                   "| target | measured | FD vs baseline | verdict |", "|---|---|---|---|"]
         lines += [_target_line(t) for t in targets]
         if quality:
-            lines += ["", f"FD is measured at {quality[0]['steps']} steps (the quality table below), the calls at "
-                      f"{max(r['steps'] for r in speed)} steps."]
+            quality_k = sorted({str(q["draft_length"]) for q in quality if q.get("draft_length", "-") != "-"})
+            lines += ["", f"FD is measured at {quality[0]['steps']} steps with K = {', '.join(quality_k) or '-'} "
+                      f"(the quality table below), the calls at {max(r['steps'] for r in speed)} steps."]
         lines.append("")
     if speed:
         lines += [f"## Speed (embedded DiT, CFG {results['config']['cfg_scale']:g}, learned variance)", "",

@@ -138,7 +138,7 @@ def command_bench(args: argparse.Namespace) -> int:
 
     config = quick_config(args.out_dir) if args.quick else BenchConfig(
         out_dir=args.out_dir, repeats=args.repeats, quality_samples=args.quality_samples, quality_steps=args.quality_steps,
-        quality_draft_length=args.quality_draft_length,
+        quality_draft_length=args.quality_draft_length, quality_samplers=tuple(args.quality_samplers.split(",")),
         steps=tuple(int(v) for v in args.steps.split(",")), batches=tuple(int(v) for v in args.batches.split(",")),
         relax_strengths=tuple(float(v) for v in args.relax_strengths.split(",")))
     if args.sections:
@@ -146,7 +146,8 @@ def command_bench(args: argparse.Namespace) -> int:
     command = "python -m free_core bench " + ("--quick" if args.quick else (
         f"--steps {args.steps} --batches {args.batches} --repeats {args.repeats} "
         f"--quality-samples {args.quality_samples} --quality-steps {args.quality_steps} "
-        f"--quality-draft-length {args.quality_draft_length} --relax-strengths {args.relax_strengths}"
+        f"--quality-draft-length {args.quality_draft_length} --quality-samplers {args.quality_samplers} "
+        f"--relax-strengths {args.relax_strengths}"
         + (f" --sections {args.sections}" if args.sections else "")))
     results = run_bench(config, json_path=None)
     results["commands"] = [command]
@@ -184,7 +185,8 @@ def _write_bench_outputs(results: dict, out_dir: str, json_path: str | None, rep
 def command_model_card(args: argparse.Namespace) -> int:
     from .model_card import main as model_card_main
 
-    return model_card_main(quality_samples=args.quality_samples, notes_path=args.notes)
+    return model_card_main(quality_samples=args.quality_samples, notes_path=args.notes,
+                           quality_draft_length=args.quality_draft_length)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -253,6 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--batches", default="1,8", help="comma-separated batch sizes")
     bench.add_argument("--relax-strengths", default="2,8,32", help="comma-separated relax strengths")
     bench.add_argument("--quality-draft-length", type=int, default=8, help="K of the speculative quality runs")
+    bench.add_argument("--quality-samplers", default="baseline,strict,relax",
+                       help="comma-separated subset of baseline,strict,relax for the quality section")
     bench.add_argument("--no-report", action="store_true", help="only the JSON (e.g. a part for bench-report)")
     bench.add_argument("--sections", default=None, help="comma-separated subset of speed,quality,cost")
     bench.set_defaults(handler=command_bench)
@@ -265,6 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     card = sub.add_parser("model-card", help="measure the shipped weights and write free_core/weights/MODEL_CARD.md")
     card.add_argument("--quality-samples", type=int, default=500)
+    card.add_argument("--quality-draft-length", type=int, default=2, help="K of the strict quality run")
     card.add_argument("--notes", default=None, help="JSON with training notes for the card")
     card.set_defaults(handler=command_model_card)
 

@@ -69,3 +69,10 @@ def test_targets_compare_measured_ratios_and_fd_with_the_goals():
     assert any("best fixed K (K=6)" in line and "| met |" in line for line in lines)
     assert any("relax 8" in line and "+20.0% (outside 10%)" in line and "FD outside 10%" in line for line in lines)
     assert any("relax 2" in line and "+5.0% (within 10%)" in line and line.endswith("| met |") for line in lines)
+
+
+def test_quality_section_refuses_unknown_samplers():
+    from free_core.bench import BenchConfig, run_quality
+
+    with pytest.raises(ValueError, match="quality_samplers"):
+        run_quality(BenchConfig(quality_samplers=("baseline", "ddim")), model=None, drafters={}, log=print)
