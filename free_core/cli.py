@@ -203,7 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--cfg", type=float, default=4.0, help="classifier-free guidance scale (1 = off)")
     sample.add_argument("--variance", default=None, choices=VARIANCE_MODES, help="default: learned if the model learns sigma")
     sample.add_argument("--draft-length", type=int, default=6)
-    sample.add_argument("--relax-strength", type=float, default=2.0)
+    sample.add_argument("--relax-strength", type=float, default=8.0,
+                        help="relax mode: how much to temper acceptance in late steps (docs/benchmarks.md measures 2, 8, 32)")
     sample.add_argument("--labels", default=None, help="comma-separated class indices (default 0, 1, 2, ...)")
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

@@ -19,7 +19,7 @@ DRAFT_INPUTS = {
     "mode": (list(SAMPLER_MODES), {"tooltip": MODE_TOOLTIP}),
     "draft_length": ("INT", {"default": 6, "min": 1, "max": 64, "tooltip": "K: transitions drafted per round"}),
     "draft_policy": (list(DRAFT_POLICIES), {"tooltip": "fixed K, or adaptive K from the acceptance so far"}),
-    "relax_strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 100.0, "step": 0.1,
+    "relax_strength": ("FLOAT", {"default": 8.0, "min": 0.0, "max": 100.0, "step": 0.1,
                                  "tooltip": "relax mode only: how much to temper acceptance in the last steps"}),
 }
 

@@ -84,7 +84,7 @@ class Graph:
 
 
 def sampler_widgets(mode: str, steps: int, seed: int = 42, cfg: float = 4.0, draft_length: int = 6,
-                    relax_strength: float = 1.0) -> list:
+                    relax_strength: float = 8.0) -> list:
     return [seed, "fixed", steps, cfg, mode, draft_length, "fixed", relax_strength]
 
 
