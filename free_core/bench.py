@@ -224,11 +224,27 @@ def merge_results(parts: list[dict]) -> dict:
                             for p in parts)
     merged: dict = {"machine": machine, "config": parts[0]["config"], "commands": [], "bench_time_s": 0.0}
     for part in parts:
-        for section in ("batch_cost_curve", "speed", "quality"):
+        for section in ("batch_cost_curve", "speed"):
             if section in part:
                 if section in merged:
                     raise ValueError(f"two bench results both have the {section!r} section; give each section once")
                 merged[section] = part[section]
+        if "quality" in part:
+            merged["quality"] = _merge_quality(merged.get("quality", []), part["quality"])
         merged["commands"] += part.get("commands", [])
         merged["bench_time_s"] += part.get("bench_time_s", 0.0)
     return merged
+
+
+def _merge_quality(rows: list[dict], new_rows: list[dict]) -> list[dict]:
+    """Quality rows of several runs (e.g. one sampler per run) in one table: same steps and n, each sampler once."""
+    settings = {(r["steps"], r["n"]) for r in rows + new_rows if r.get("class_accuracy") is not None}
+    if len(settings) > 1:
+        raise ValueError(f"quality rows of different (steps, n) cannot share one table: {sorted(settings)}")
+    key = lambda r: (r["sampler"], r["relax_strength"])  # noqa: E731
+    seen = {key(r) for r in rows}
+    duplicated = [key(r) for r in new_rows if key(r) in seen and r.get("class_accuracy") is not None]
+    if duplicated:
+        raise ValueError(f"quality rows measured twice: {duplicated}; give each sampler once")
+    real = [r for r in rows + new_rows if r.get("class_accuracy") is None][:1]  # the FD noise floor, once
+    return [r for r in rows + new_rows if r.get("class_accuracy") is not None] + real

@@ -51,6 +51,11 @@ def test_quick_bench_writes_json_with_every_field(tmp_path):
     assert "## Targets" in (tmp_path / "merged" / "benchmarks.md").read_text()
     with pytest.raises(ValueError, match="both have the"):
         merge_results([speed_part, speed_part])
+    with pytest.raises(ValueError, match="measured twice"):
+        merge_results([speed_part, quality_part, {**quality_part, "machine": results["machine"]}])
+    baseline_only = {**quality_part, "quality": [q for q in results["quality"] if q["sampler"] != "relax"]}
+    relax_only = {**quality_part, "quality": [q for q in results["quality"] if q["sampler"] == "relax"]}
+    assert [q["sampler"] for q in merge_results([speed_part, baseline_only, relax_only])["quality"]].count("real images (held-out seed)") == 1
 
 
 def _row(sampler, k, calls, wall=1.0, strength=0.0):
