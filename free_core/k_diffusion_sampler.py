@@ -128,6 +128,10 @@ def sample_free_euler_ancestral(
     sigmas = sigmas.to(x.device)
     stats = SamplingStats(f"free-euler-ancestral-{mode}", total_steps, n, draft_length=policy.label)
     policy.start_run(n)  # a black-box model: no batch-cost curve (an adaptive K then assumes cost ~ rows)
+    relax_temperature_at = None  # strict mode: _check_options guarantees relax_strength == 0
+    if relax_strength:
+        def relax_temperature_at(step_index: torch.Tensor) -> torch.Tensor:
+            return relax_temperature_sigma(sigmas[step_index], sigmas[step_index + 1], relax_strength)
     proposed = torch.zeros(total_steps, dtype=torch.long)
     accepted_count = torch.zeros(total_steps, dtype=torch.long)
 
@@ -172,11 +176,6 @@ def sample_free_euler_ancestral(
         stats.dit_rows += pair_a.numel()
 
         # 3. accept the longest prefix; the first rejection commits the coupled exact draw
-        def relax_temperature_at(step_index: torch.Tensor) -> torch.Tensor | None:
-            if mode != "relax" or relax_strength == 0:
-                return None
-            return relax_temperature_sigma(sigmas[step_index], sigmas[step_index + 1], relax_strength)
-
         new_state, stop = accept_prefix(
             states, draft_means, draft_stds, drafts, offsets, mean_q, std_q, generator,
             step_of=lambda rows, j: a_done[rows] + j, temperature_of=relax_temperature_at,

@@ -67,7 +67,7 @@ def accept_prefix(
     std_q: torch.Tensor,
     generator: torch.Generator,
     step_of: Callable[[torch.Tensor, int], torch.Tensor],
-    temperature_of: Callable[[torch.Tensor], torch.Tensor | None],
+    temperature_of: Callable[[torch.Tensor], torch.Tensor] | None,
     proposed: torch.Tensor,
     accepted_count: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -75,7 +75,8 @@ def accept_prefix(
 
     A rejection commits the coupling's exact draw; a sample whose K_b drafts all pass takes one more exact
     transition out of its last drafted state. `step_of(rows, j)` names the step index of draft j (for the
-    per-step counts `proposed`/`accepted_count`, updated in place, and `temperature_of`). Returns
+    per-step counts `proposed`/`accepted_count`, updated in place, and `temperature_of`, relax mode's kappa by
+    step index; None in strict mode). Returns
     (new_state, stop): stop[b] is the position whose exact transition produced sample b's new state.
     """
     new_state = torch.empty_like(states[0])
@@ -89,7 +90,8 @@ def accept_prefix(
         step_index = step_of(rows, j)
         y, accepted = maximal_coupling(
             states[j + 1][rows], draft_means[j][rows], draft_stds[j][rows],
-            mean_q[q_rows], std_q[q_rows], generator, temperature=temperature_of(step_index),
+            mean_q[q_rows], std_q[q_rows], generator,
+            temperature=None if temperature_of is None else temperature_of(step_index),
         )
         accepted, step_index = accepted.cpu(), step_index.cpu()
         proposed += torch.bincount(step_index, minlength=proposed.numel())
@@ -127,6 +129,10 @@ def sample_speculative(
     stats = SamplingStats(f"free-{mode}", total_steps, n, draft_length=policy.label)
 
     policy.start_run(n * branches, lambda sizes: cached_batch_cost(denoiser, x, labels, sizes))
+    relax_temperature_at = None  # strict mode: _check_options guarantees relax_strength == 0
+    if relax_strength:
+        def relax_temperature_at(step_index: torch.Tensor) -> torch.Tensor:
+            return relax_temperature(diffusion, step_index, relax_strength).to(device)
     step = torch.full((n,), total_steps - 1, dtype=torch.long)  # current respaced step index; -1 = done
     x = x.clone()
     last_output: torch.Tensor | None = None  # (n, branches, C', H, W) verified output rows at the previous state
@@ -194,11 +200,6 @@ def sample_speculative(
         stats.dit_rows += output_rows.shape[0]
 
         # 3. accept the longest prefix; the first rejection keeps the coupled exact sample ---------
-        def relax_temperature_at(step_index: torch.Tensor) -> torch.Tensor | None:
-            if mode != "relax" or relax_strength == 0:
-                return None
-            return relax_temperature(diffusion, step_index, relax_strength).to(device)
-
         new_state, stop = accept_prefix(
             states, draft_means, draft_stds, drafts, offsets, mean_q, std_q, generator,
             step_of=lambda rows, j: a_step[rows] - j, temperature_of=relax_temperature_at,
