@@ -7,6 +7,8 @@ from pathlib import Path
 from .projection import DIT_XL2_GFLOPS, GpuAssumptions, roofline_curve
 from .stats import SamplingStats
 
+ACCEPTANCE_WINDOW = 25  # steps per point of the acceptance plot: one batch-1 run tests each step at most once
+
 
 def _stats_from_row(row: dict) -> SamplingStats:
     stats = SamplingStats(row["sampler"], row["steps"], row["batch"])
@@ -209,11 +211,11 @@ def _plot_acceptance(speed: list[dict], path: Path) -> None:
             continue
         if r["drafter"] == "learned" and r["sampler"] == "strict" and r["draft_length"] != "adaptive":
             continue
-        xs, smoothed = _moving_average(r["acceptance_per_step"], window=25)
+        xs, smoothed = _moving_average(r["acceptance_per_step"], window=ACCEPTANCE_WINDOW)
         label = f"{r['sampler']} {r['drafter']} K={r['draft_length']}" + (f" relax={r['relax_strength']:g}" if r["sampler"] == "relax" else "")
         ax.plot(xs, smoothed, "-", linewidth=1.2, label=label)
     ax.set_xlabel("step index (0 = last denoising step)")
-    ax.set_ylabel(f"acceptance (mean over 25 steps)")
+    ax.set_ylabel(f"acceptance (mean over {ACCEPTANCE_WINDOW} steps)")
     ax.invert_xaxis()
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
