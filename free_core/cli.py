@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -143,14 +144,8 @@ def command_bench(args: argparse.Namespace) -> int:
         relax_strengths=tuple(float(v) for v in args.relax_strengths.split(",")))
     if args.sections:
         config.sections = args.sections.split(",")
-    command = "python -m free_core bench " + ("--quick" if args.quick else (
-        f"--steps {args.steps} --batches {args.batches} --repeats {args.repeats} "
-        f"--quality-samples {args.quality_samples} --quality-steps {args.quality_steps} "
-        f"--quality-draft-length {args.quality_draft_length} --quality-samplers {args.quality_samplers} "
-        f"--relax-strengths {args.relax_strengths}"
-        + (f" --sections {args.sections}" if args.sections else "")))
     results = run_bench(config, json_path=None)
-    results["commands"] = [command]
+    results["commands"] = [args.command_line]  # the resolved settings are in results["config"]
     _write_bench_outputs(results, config.out_dir, args.json, report=not args.no_report)
     return 0
 
@@ -283,7 +278,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.command_line = shlex.join(["python", "-m", "free_core", *argv])
     return args.handler(args)
 
 

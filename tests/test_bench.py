@@ -20,6 +20,7 @@ def test_quick_bench_writes_json_with_every_field(tmp_path):
     assert main(["bench", "--quick", "--json", str(json_path), "--out-dir", str(tmp_path / "docs")]) == 0
     results = json.loads(json_path.read_text())
     assert {"machine", "config", "batch_cost_curve", "speed", "quality", "bench_time_s", "gpu_projection"} <= set(results)
+    assert results["commands"] == [f"python -m free_core bench --quick --json {json_path} --out-dir {tmp_path / 'docs'}"]
     samplers = {(r["sampler"], r["drafter"], str(r["draft_length"])) for r in results["speed"]}
     assert {("baseline", "-", "-"), ("strict", "frozen", "6"), ("strict", "learned", "adaptive"), ("relax", "learned", "adaptive")} <= samplers
     for row in results["speed"]:
