@@ -104,7 +104,8 @@ def command_train_dit(args: argparse.Namespace) -> int:
     config = DiTTrainConfig(out=args.out, model=args.config, hidden_size=args.hidden_size, depth=args.depth,
                             num_heads=args.num_heads, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                             seed=args.seed, max_minutes=args.max_minutes, device=args.device,
-                            min_snr_gamma=args.min_snr_gamma if args.min_snr_gamma > 0 else None)
+                            min_snr_gamma=args.min_snr_gamma if args.min_snr_gamma > 0 else None,
+                            init_from=args.init_from)
     path, losses = train_dit(config)
     if losses:
         print(f"saved {path}; final loss {sum(losses[-50:]) / len(losses[-50:]):.4f}")
@@ -222,6 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--device", default=None)
     train.add_argument("--min-snr-gamma", type=float, default=5.0,
                        help="Min-SNR weighting of the eps loss (0 = plain DiT loss)")
+    train.add_argument("--init-from", default=None,
+                       help="start from these DiT weights (model and EMA) with a fresh optimizer; ignored when --out holds a "
+                            "train_state.pt to resume")
     train.set_defaults(handler=command_train_dit)
 
     drafter = sub.add_parser("train-drafter", help="train a FREE drafter for a DiT (torchrun-ready, resumable)")

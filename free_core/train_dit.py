@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from .checkpoints import save_dit
+from .checkpoints import load_dit, save_dit
 from .data import NUM_CLASSES, make_batch
 from .diffusion import GaussianDiffusion
 from .dit import DiT, dit_config
@@ -39,6 +39,7 @@ class DiTTrainConfig:
     checkpoint_every: int = 200
     device: str | None = None
     min_snr_gamma: float | None = 5.0
+    init_from: str | None = None
 
 
 def min_snr_weight(diffusion: GaussianDiffusion, i: torch.Tensor, gamma: float | None) -> torch.Tensor:
@@ -91,6 +92,15 @@ def train_dit(cfg: DiTTrainConfig) -> tuple[Path, list[float]]:
         step = int(state["step"])
         if ctx.is_main:
             print(f"resumed from {resume_path} at step {step}", flush=True)
+    elif cfg.init_from is not None:
+        initial = load_dit(cfg.init_from)
+        if initial.config != model.config:
+            raise ValueError(f"--init-from {cfg.init_from} has config {initial.config.to_dict()}, but this run trains "
+                             f"{model.config.to_dict()}; pass the same --config/--hidden-size/--depth/--num-heads")
+        model.load_state_dict(initial.state_dict())
+        ema.load_state_dict(initial.state_dict())
+        if ctx.is_main:
+            print(f"initialised model and EMA from {cfg.init_from} (fresh optimizer, step 0)", flush=True)
     trainable = DistributedDataParallel(model) if ctx.enabled else model
     diffusion = GaussianDiffusion.training()
     generator = torch.Generator().manual_seed(cfg.seed * 1000 + ctx.rank)

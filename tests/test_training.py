@@ -67,6 +67,25 @@ def _micro_dit_file(tmp_path) -> Path:
     return save_dit(tmp_path / "micro.safetensors", model)
 
 
+def test_dit_training_can_start_from_existing_weights_and_refuses_another_config(tmp_path):
+    initial_path = _micro_dit_file(tmp_path)
+    initial = load_dit(initial_path).state_dict()
+    config = DiTTrainConfig(out=str(tmp_path / "finetune"), model="DiT-Micro/8", steps=0, device="cpu",
+                            init_from=str(initial_path))
+    path, _ = train_dit(config)
+    saved = load_dit(path).state_dict()
+    assert all(torch.equal(saved[name], initial[name]) for name in initial)  # EMA starts at the given weights
+    config.steps, config.batch_size, config.warmup = 2, 4, 1
+    path, losses = train_dit(config)
+    assert len(losses) == 2 and not torch.equal(load_dit(path).state_dict()["final_layer.linear.weight"],
+                                                initial["final_layer.linear.weight"])
+    mismatched = DiTTrainConfig(out=str(tmp_path / "other"), model="DiT-Micro/8", hidden_size=32, num_heads=2, steps=1,
+                                device="cpu", init_from=str(initial_path))
+    with pytest.raises(ValueError, match="--init-from .* pass the same --config"):
+        train_dit(mismatched)
+    assert not (tmp_path / "other").exists()
+
+
 def test_short_drafter_training_lowers_the_loss_and_resumes(tmp_path):
     dit_path = _micro_dit_file(tmp_path)
     config = DrafterTrainConfig(dit=str(dit_path), out=str(tmp_path / "drafter"), sampling_steps=20, trajectories=6,
