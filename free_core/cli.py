@@ -7,6 +7,7 @@ import json
 import shlex
 import sys
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -17,6 +18,19 @@ from .dit import DIT_CONFIGS, DiT, dit_config
 from .image_io import grid, write_png
 from .sampling import initial_noise, sample_ancestral
 from .speculative import sample_speculative
+
+
+def comma_separated(kind: type) -> Callable[[str], tuple]:
+    """An argparse type for a comma-separated list of `kind` values, e.g. "50,250"."""
+
+    def parse(text: str) -> tuple:
+        try:
+            values = tuple(kind(v) for v in text.split(","))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {kind.__name__} values such as 1,4, got {text!r}")
+        return values
+
+    return parse
 
 
 def load_model(spec: str, device: str) -> DiT:
@@ -117,7 +131,7 @@ def command_train_drafter(args: argparse.Namespace) -> int:
 
     config = DrafterTrainConfig(
         dit=args.dit, out=args.out, sampling_steps=args.sampling_steps, trajectories=args.trajectories,
-        cfg_scales=tuple(float(s) for s in args.cfg_scales.split(",")), train_steps=args.steps,
+        cfg_scales=args.cfg_scales, train_steps=args.steps,
         batch_size=args.batch_size, unroll=args.unroll, lr=args.lr, seed=args.seed, max_minutes=args.max_minutes,
         device=args.device, collect_batch=args.collect_batch,
     )
@@ -141,8 +155,7 @@ def command_bench(args: argparse.Namespace) -> int:
     config = quick_config(args.out_dir) if args.quick else BenchConfig(
         out_dir=args.out_dir, repeats=args.repeats, quality_samples=args.quality_samples, quality_steps=args.quality_steps,
         quality_draft_length=args.quality_draft_length, quality_samplers=tuple(args.quality_samplers.split(",")),
-        steps=tuple(int(v) for v in args.steps.split(",")), batches=tuple(int(v) for v in args.batches.split(",")),
-        relax_strengths=tuple(float(v) for v in args.relax_strengths.split(",")))
+        steps=args.steps, batches=args.batches, relax_strengths=args.relax_strengths)
     if args.sections:
         config.sections = args.sections.split(",")
     results = run_bench(config, json_path=None)
@@ -231,9 +244,11 @@ def build_parser() -> argparse.ArgumentParser:
     drafter = sub.add_parser("train-drafter", help="train a FREE drafter for a DiT (torchrun-ready, resumable)")
     drafter.add_argument("--dit", default="embedded", help="'embedded' or a DiT weights file (official DiT-XL/2 works)")
     drafter.add_argument("--out", default="runs/drafter")
-    drafter.add_argument("--sampling-steps", type=int, default=250, help="the step count used at sampling")
+    drafter.add_argument("--sampling-steps", type=comma_separated(int), default=(250,),
+                         help="the step count used at sampling, or several comma-separated (one trajectory set each)")
     drafter.add_argument("--trajectories", type=int, default=64, help="per CFG scale, over all processes")
-    drafter.add_argument("--cfg-scales", default="1,4", help="comma-separated guidance scales to collect")
+    drafter.add_argument("--cfg-scales", type=comma_separated(float), default=(1.0, 4.0),
+                         help="comma-separated guidance scales to collect")
     drafter.add_argument("--steps", type=int, default=1500)
     drafter.add_argument("--batch-size", type=int, default=32)
     drafter.add_argument("--unroll", type=int, default=6, help="drafts per training unroll (K)")
@@ -251,9 +266,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--repeats", type=int, default=3)
     bench.add_argument("--quality-samples", type=int, default=1000)
     bench.add_argument("--quality-steps", type=int, default=50)
-    bench.add_argument("--steps", default="50,250", help="comma-separated step counts")
-    bench.add_argument("--batches", default="1,8", help="comma-separated batch sizes")
-    bench.add_argument("--relax-strengths", default="2,8,32", help="comma-separated relax strengths")
+    bench.add_argument("--steps", type=comma_separated(int), default=(50, 250), help="comma-separated step counts")
+    bench.add_argument("--batches", type=comma_separated(int), default=(1, 8), help="comma-separated batch sizes")
+    bench.add_argument("--relax-strengths", type=comma_separated(float), default=(2.0, 8.0, 32.0),
+                       help="comma-separated relax strengths")
     bench.add_argument("--quality-draft-length", type=int, default=8, help="K of the speculative quality runs")
     bench.add_argument("--quality-samplers", default="baseline,strict,relax",
                        help="comma-separated subset of baseline,strict,relax for the quality section")

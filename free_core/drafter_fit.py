@@ -16,7 +16,7 @@ from .denoiser import GuidedDenoiser
 from .diffusion import GaussianDiffusion
 from .dit import DiT
 from .drafter import FreeDrafter, drafter_for
-from .train_drafter import DrafterTrainConfig, collect_trajectories, feature_scale, optimisation_step
+from .train_drafter import DrafterTrainConfig, collect_trajectories, collection_seed, feature_scale, optimisation_step
 
 ProgressCallback = Callable[[int, int], None]
 
@@ -34,7 +34,7 @@ class _ProgressRelay:
 
 def fit_drafter(dit: DiT, cfg: DrafterTrainConfig, on_progress: ProgressCallback | None = None) -> tuple[FreeDrafter, list[float]]:
     """A drafter trained for `dit` with `cfg`'s sampling steps, trajectories, CFG scales and training steps."""
-    for name in ("sampling_steps", "trajectories", "train_steps", "batch_size", "unroll"):
+    for name in ("trajectories", "train_steps", "batch_size", "unroll"):
         value = getattr(cfg, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
@@ -60,23 +60,25 @@ def _fit(dit: DiT, cfg: DrafterTrainConfig, on_progress: ProgressCallback | None
     torch.manual_seed(cfg.seed)
     drafter = drafter_for(dit, history_length=cfg.history_length).train()
     optimizer = torch.optim.AdamW(drafter.parameters(), lr=cfg.lr, weight_decay=0.0)
-    diffusion = GaussianDiffusion.respaced(cfg.sampling_steps)
-    collect_units = cfg.trajectories * cfg.sampling_steps
-    total = len(cfg.cfg_scales) * collect_units + cfg.train_steps
+    collect_units = len(cfg.cfg_scales) * cfg.trajectories * sum(cfg.sampling_steps)
+    total = collect_units + cfg.train_steps
 
-    datasets = []
-    for k, scale in enumerate(cfg.cfg_scales):
-        generator = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + int(scale * 10))
-        relay = _ProgressRelay(on_progress, k * collect_units, total)
-        denoiser = GuidedDenoiser(dit, diffusion, cfg_scale=scale)
-        datasets.append(collect_trajectories(denoiser, cfg.trajectories, generator, cfg.collect_batch, device, relay))
-    scale = feature_scale(datasets, cfg.sampling_steps)
+    datasets, collected = [], 0
+    for steps in cfg.sampling_steps:
+        diffusion = GaussianDiffusion.respaced(steps)
+        for scale in cfg.cfg_scales:
+            generator = torch.Generator(device=device).manual_seed(collection_seed(cfg.seed, 0, scale, steps))
+            relay = _ProgressRelay(on_progress, collected, total)
+            denoiser = GuidedDenoiser(dit, diffusion, cfg_scale=scale)
+            datasets.append(collect_trajectories(denoiser, cfg.trajectories, generator, cfg.collect_batch, device, relay))
+            collected += cfg.trajectories * steps
+    scale = feature_scale(datasets)
 
     generator = torch.Generator().manual_seed(cfg.seed * 7919)
     losses: list[float] = []
     for step in range(cfg.train_steps):
-        loss, _ = optimisation_step(drafter, drafter, optimizer, dit, diffusion, datasets, cfg, step, generator, device, scale)
+        loss, _ = optimisation_step(drafter, drafter, optimizer, dit, datasets, cfg, step, generator, device, scale)
         losses.append(loss.item())
         if on_progress is not None:
-            on_progress(len(cfg.cfg_scales) * collect_units + step + 1, total)
+            on_progress(collect_units + step + 1, total)
     return drafter.eval(), losses

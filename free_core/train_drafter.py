@@ -38,7 +38,7 @@ from .sampling import initial_noise, step_noise
 class DrafterTrainConfig:
     dit: str = "embedded"
     out: str = "runs/drafter"
-    sampling_steps: int = 250
+    sampling_steps: tuple[int, ...] = (250,)  # the step counts used at sampling; one int is accepted too
     trajectories: int = 64  # per CFG scale, over all ranks
     cfg_scales: tuple[float, ...] = (1.0, 4.0)
     train_steps: int = 1500
@@ -54,15 +54,23 @@ class DrafterTrainConfig:
     collect_batch: int = 32
     losses: list[float] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        steps = (self.sampling_steps,) if isinstance(self.sampling_steps, int) else tuple(self.sampling_steps)
+        if not steps or any(isinstance(n, bool) or not isinstance(n, int) or n < 2 for n in steps):
+            raise ValueError(f"sampling_steps must be one or more integer step counts >= 2, got {self.sampling_steps!r}")
+        self.sampling_steps = steps
+
 
 @dataclass
 class Trajectories:
-    """States (n, N, C, H, W) and top-block features (n, branches, N, T, D) by step index, plus labels."""
+    """States (n, N, C, H, W) and top-block features (n, branches, N, T, D) by step index, plus labels,
+    and the respaced diffusion (N steps) they were sampled with."""
 
     states: torch.Tensor
     features: torch.Tensor
     labels: torch.Tensor
     cfg_scale: float
+    diffusion: GaussianDiffusion
 
 
 @torch.no_grad()
@@ -90,13 +98,15 @@ def collect_trajectories(denoiser: GuidedDenoiser, count: int, generator: torch.
         all_states.append(states)
         all_features.append(features)
         all_labels.append(labels.cpu())
-    return Trajectories(torch.cat(all_states), torch.cat(all_features), torch.cat(all_labels), denoiser.cfg_scale)
+    return Trajectories(torch.cat(all_states), torch.cat(all_features), torch.cat(all_labels), denoiser.cfg_scale,
+                        denoiser.diffusion)
 
 
-def unrolled_loss(drafter: torch.nn.Module, dit: DiT, diffusion: GaussianDiffusion, data: Trajectories,
+def unrolled_loss(drafter: torch.nn.Module, dit: DiT, data: Trajectories,
                   batch_size: int, unroll: int, history_length: int, acceptance_weight: float,
                   generator: torch.Generator, device: torch.device, feature_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(loss, mean acceptance proxy) of K-step unrolled drafting from random round starts."""
+    diffusion = data.diffusion
     n, branches, steps = data.features.shape[:3]
     traj = torch.randint(0, n, (batch_size,), generator=generator)
     branch = torch.randint(0, branches, (batch_size,), generator=generator)
@@ -130,20 +140,19 @@ def unrolled_loss(drafter: torch.nn.Module, dit: DiT, diffusion: GaussianDiffusi
     return total / max(count, 1), accept_sum / max(count, 1)
 
 
-def feature_scale(datasets: list[Trajectories], sampling_steps: int) -> float:
+def feature_scale(datasets: list[Trajectories]) -> float:
     """Variance of the top-block features (about ten steps per trajectory): the unit of the feature loss."""
-    stride = max(1, sampling_steps // 10)
-    return float(torch.stack([d.features[:, :, ::stride].float().var() for d in datasets]).mean())
+    return float(torch.stack([d.features[:, :, :: max(1, d.features.shape[2] // 10)].float().var() for d in datasets]).mean())
 
 
 def optimisation_step(drafter: FreeDrafter, trainable: torch.nn.Module, optimizer: torch.optim.Optimizer, dit: DiT,
-                      diffusion: GaussianDiffusion, datasets: list[Trajectories], cfg: DrafterTrainConfig, step: int,
+                      datasets: list[Trajectories], cfg: DrafterTrainConfig, step: int,
                       generator: torch.Generator, device: torch.device | str, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     """One update of `drafter` (through `trainable`, its DDP wrapper or itself) on the unrolled loss:
     cosine learning rate, datasets taken in turn, gradient norm clipped to 1. Returns (loss, acceptance proxy)."""
     for group in optimizer.param_groups:
         group["lr"] = cfg.lr * (0.5 * (1 + math.cos(math.pi * step / cfg.train_steps)) * 0.95 + 0.05)
-    loss, acceptance = unrolled_loss(trainable, dit, diffusion, datasets[step % len(datasets)], cfg.batch_size, cfg.unroll,
+    loss, acceptance = unrolled_loss(trainable, dit, datasets[step % len(datasets)], cfg.batch_size, cfg.unroll,
                                      cfg.history_length, cfg.acceptance_weight, generator, device, scale)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -164,10 +173,8 @@ def train_drafter(cfg: DrafterTrainConfig, dit: DiT | None = None) -> tuple[Path
     torch.manual_seed(cfg.seed)
     drafter = drafter_for(dit, history_length=cfg.history_length)
     optimizer = torch.optim.AdamW(drafter.parameters(), lr=cfg.lr, weight_decay=0.0)
-    diffusion = GaussianDiffusion.respaced(cfg.sampling_steps)
-
-    datasets = _collect_or_load(cfg, dit, diffusion, ctx, out_dir)
-    scale = feature_scale(datasets, cfg.sampling_steps)
+    datasets = _collect_or_load(cfg, dit, ctx, out_dir)
+    scale = feature_scale(datasets)
 
     step, resume_path = 0, out_dir / f"drafter_state_rank{ctx.rank}.pt"
     if resume_path.is_file():
@@ -188,7 +195,7 @@ def train_drafter(cfg: DrafterTrainConfig, dit: DiT | None = None) -> tuple[Path
             torch.save({"drafter": drafter.state_dict(), "optimizer": optimizer.state_dict(), "step": step}, resume_path.with_suffix(".tmp"))
             resume_path.with_suffix(".tmp").replace(resume_path)
             save_drafter(out_dir / "drafter.safetensors", drafter, {
-                "train_step": str(step), "sampling_steps": str(cfg.sampling_steps),
+                "train_step": str(step), "sampling_steps": ",".join(str(n) for n in cfg.sampling_steps),
                 "cfg_scales": ",".join(str(s) for s in cfg.cfg_scales), "trained_for": getattr(dit, "source_name", "DiT"),
             })
 
@@ -198,7 +205,7 @@ def train_drafter(cfg: DrafterTrainConfig, dit: DiT | None = None) -> tuple[Path
             if ctx.is_main:
                 print(f"time limit of {cfg.max_minutes} min reached at step {step}", flush=True)
             break
-        loss, acceptance = optimisation_step(drafter, trainable, optimizer, dit, diffusion, datasets, cfg, step, generator,
+        loss, acceptance = optimisation_step(drafter, trainable, optimizer, dit, datasets, cfg, step, generator,
                                              ctx.device, scale)
         step += 1
         loss_value = all_reduce_mean(loss, ctx).item()
@@ -212,23 +219,30 @@ def train_drafter(cfg: DrafterTrainConfig, dit: DiT | None = None) -> tuple[Path
     return out_dir / "drafter.safetensors", losses
 
 
-def _collect_or_load(cfg: DrafterTrainConfig, dit: DiT, diffusion: GaussianDiffusion, ctx: DistributedContext,
-                     out_dir: Path) -> list[Trajectories]:
+def collection_seed(seed: int, rank: int, cfg_scale: float, sampling_steps: int) -> int:
+    """The generator seed of one rank's trajectories at one CFG scale and step count."""
+    return seed * 1_000_003 + rank * 101 + int(cfg_scale * 10) + 7919 * sampling_steps
+
+
+def _collect_or_load(cfg: DrafterTrainConfig, dit: DiT, ctx: DistributedContext, out_dir: Path) -> list[Trajectories]:
+    """One trajectory set per (sampling step count, CFG scale), cached in `out_dir` under the DiT's fingerprint."""
     datasets = []
     per_rank = max(1, cfg.trajectories // ctx.world_size)
-    for scale in cfg.cfg_scales:
-        fingerprint = getattr(dit, "weights_fingerprint", "unknown")
-        cache = out_dir / f"trajectories_{fingerprint}_cfg{scale:g}_steps{cfg.sampling_steps}_n{per_rank}_rank{ctx.rank}_seed{cfg.seed}.pt"
-        if cache.is_file():
-            saved = torch.load(cache, map_location="cpu", weights_only=True)
-            datasets.append(Trajectories(saved["states"], saved["features"], saved["labels"], scale))
-            continue
-        denoiser = GuidedDenoiser(dit, diffusion, cfg_scale=scale)
-        generator = torch.Generator(device=ctx.device).manual_seed(cfg.seed * 1_000_003 + ctx.rank * 101 + int(scale * 10))
-        progress = Progress(per_rank * cfg.sampling_steps, f"collect cfg={scale:g}", enabled=ctx.is_main, log_every=500)
-        data = collect_trajectories(denoiser, per_rank, generator, cfg.collect_batch, ctx.device, progress)
-        progress.close()
-        out_dir.mkdir(parents=True, exist_ok=True)
-        torch.save({"states": data.states, "features": data.features, "labels": data.labels}, cache)
-        datasets.append(data)
+    fingerprint = getattr(dit, "weights_fingerprint", "unknown")
+    for steps in cfg.sampling_steps:
+        diffusion = GaussianDiffusion.respaced(steps)
+        for scale in cfg.cfg_scales:
+            cache = out_dir / f"trajectories_{fingerprint}_cfg{scale:g}_steps{steps}_n{per_rank}_rank{ctx.rank}_seed{cfg.seed}.pt"
+            if cache.is_file():
+                saved = torch.load(cache, map_location="cpu", weights_only=True)
+                datasets.append(Trajectories(saved["states"], saved["features"], saved["labels"], scale, diffusion))
+                continue
+            denoiser = GuidedDenoiser(dit, diffusion, cfg_scale=scale)
+            generator = torch.Generator(device=ctx.device).manual_seed(collection_seed(cfg.seed, ctx.rank, scale, steps))
+            progress = Progress(per_rank * steps, f"collect steps={steps} cfg={scale:g}", enabled=ctx.is_main, log_every=500)
+            data = collect_trajectories(denoiser, per_rank, generator, cfg.collect_batch, ctx.device, progress)
+            progress.close()
+            out_dir.mkdir(parents=True, exist_ok=True)
+            torch.save({"states": data.states, "features": data.features, "labels": data.labels}, cache)
+            datasets.append(data)
     return datasets

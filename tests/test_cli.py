@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from free_core.cli import main
 
 
@@ -17,3 +19,10 @@ def test_sample_command_writes_png_and_statistics(tmp_path, capsys):
     assert report["strict"]["sequential_dit_calls"] <= 12
     printed = capsys.readouterr().out
     assert "sequential DiT calls" in printed and "acceptance" in printed
+
+
+def test_comma_separated_options_refuse_a_bad_value_naming_it(capsys):
+    with pytest.raises(SystemExit):
+        main(["train-drafter", "--sampling-steps", "50,abc"])
+    error = capsys.readouterr().err
+    assert "--sampling-steps" in error and "expected comma-separated int values" in error and "'50,abc'" in error

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
 
 from free_core.checkpoints import load_dit, save_dit
 from free_core.data import CLASS_NAMES, make_batch, make_images
@@ -98,6 +99,22 @@ def test_short_drafter_training_lowers_the_loss_and_resumes(tmp_path):
     config.train_steps = 70
     _, resumed = train_drafter(config)
     assert len(resumed) == 10  # resumed from the step-60 checkpoint, not from scratch
+
+
+def test_drafter_trains_on_several_sampling_step_counts_at_once(tmp_path):
+    dit_path = _micro_dit_file(tmp_path)
+    config = DrafterTrainConfig(dit=str(dit_path), out=str(tmp_path / "mixed"), sampling_steps=(6, 10), trajectories=2,
+                                cfg_scales=(1.0, 3.0), train_steps=4, batch_size=4, unroll=2, device="cpu")
+    path, losses = train_drafter(config)
+    assert len(losses) == 4 and all(l == l for l in losses)
+    collected = sorted(p.name.split("_steps")[1].split("_")[0] for p in (tmp_path / "mixed").glob("trajectories_*.pt"))
+    assert collected == ["10", "10", "6", "6"]  # one set per (step count, CFG scale)
+    with safe_open(str(path), framework="pt") as handle:
+        assert handle.metadata()["sampling_steps"] == "6,10"
+    assert DrafterTrainConfig(sampling_steps=50).sampling_steps == (50,)
+    for bad in ((), (1,), (50, 2.5), True):
+        with pytest.raises(ValueError, match="sampling_steps"):
+            DrafterTrainConfig(sampling_steps=bad)
 
 
 def test_drafter_training_runs_under_torchrun_with_two_processes(tmp_path):
