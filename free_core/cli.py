@@ -119,7 +119,7 @@ def command_train_dit(args: argparse.Namespace) -> int:
                             num_heads=args.num_heads, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                             seed=args.seed, max_minutes=args.max_minutes, device=args.device,
                             min_snr_gamma=args.min_snr_gamma if args.min_snr_gamma > 0 else None,
-                            init_from=args.init_from)
+                            init_from=args.init_from, class_weights=args.class_weights)
     path, losses = train_dit(config)
     if losses:
         print(f"saved {path}; final loss {sum(losses[-50:]) / len(losses[-50:]):.4f}")
@@ -239,6 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--init-from", default=None,
                        help="start from these DiT weights (model and EMA) with a fresh optimizer; ignored when --out holds a "
                             "train_state.pt to resume")
+    train.add_argument("--class-weights", type=comma_separated(float), default=None,
+                       help="comma-separated training frequency of each class, e.g. to spend more steps on the classes "
+                            "the model still draws badly (default: uniform)")
     train.set_defaults(handler=command_train_dit)
 
     drafter = sub.add_parser("train-drafter", help="train a FREE drafter for a DiT (torchrun-ready, resumable)")

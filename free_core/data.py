@@ -108,8 +108,24 @@ def make_images(labels: torch.Tensor, size: int = 32, seed: int = 0) -> torch.Te
     return image * 2 - 1
 
 
-def make_batch(n: int, size: int = 32, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """`n` images with uniformly random labels: (images, labels), deterministic in `seed`."""
+def make_batch(n: int, size: int = 32, seed: int = 0,
+               class_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """`n` images with random labels, uniform or drawn in proportion to `class_weights`: (images, labels),
+    deterministic in `seed`."""
     g = torch.Generator().manual_seed(seed)
-    labels = torch.randint(0, NUM_CLASSES, (n,), generator=g)
+    if class_weights is None:
+        labels = torch.randint(0, NUM_CLASSES, (n,), generator=g)
+    else:
+        labels = torch.multinomial(check_class_weights(class_weights), n, replacement=True, generator=g)
     return make_images(labels, size=size, seed=seed + 1), labels
+
+
+def check_class_weights(class_weights: torch.Tensor | list[float] | tuple[float, ...]) -> torch.Tensor:
+    """The weights as a float tensor, or a ValueError naming what is wrong with them."""
+    weights = torch.as_tensor(class_weights, dtype=torch.float64)
+    if weights.shape != (NUM_CLASSES,):
+        raise ValueError(f"class weights need one value per class ({NUM_CLASSES}: {', '.join(CLASS_NAMES)}), "
+                         f"got {weights.numel()}")
+    if not torch.isfinite(weights).all() or (weights < 0).any() or weights.sum() <= 0:
+        raise ValueError(f"class weights must be finite, >= 0 and not all 0, got {weights.tolist()}")
+    return weights

@@ -15,7 +15,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from .checkpoints import load_dit, save_dit
-from .data import NUM_CLASSES, make_batch
+from .data import NUM_CLASSES, check_class_weights, make_batch
 from .diffusion import GaussianDiffusion
 from .dit import DiT, dit_config
 from .distributed import all_reduce_mean, setup_distributed, teardown_distributed
@@ -40,6 +40,7 @@ class DiTTrainConfig:
     device: str | None = None
     min_snr_gamma: float | None = 5.0
     init_from: str | None = None
+    class_weights: tuple[float, ...] | None = None  # training frequency of each class (None: uniform)
 
 
 def min_snr_weight(diffusion: GaussianDiffusion, i: torch.Tensor, gamma: float | None) -> torch.Tensor:
@@ -73,6 +74,7 @@ def diffusion_loss(model: torch.nn.Module, diffusion: GaussianDiffusion, x0: tor
 
 def train_dit(cfg: DiTTrainConfig) -> tuple[Path, list[float]]:
     """Train (or resume) and save `out/dit_ema.safetensors`; returns it and the per-step losses."""
+    class_weights = None if cfg.class_weights is None else check_class_weights(cfg.class_weights)
     ctx = setup_distributed(cfg.device)
     overrides = {k: v for k, v in (("hidden_size", cfg.hidden_size), ("depth", cfg.depth), ("num_heads", cfg.num_heads)) if v}
     torch.manual_seed(cfg.seed)
@@ -122,7 +124,8 @@ def train_dit(cfg: DiTTrainConfig) -> tuple[Path, list[float]]:
             if ctx.is_main:
                 print(f"time limit of {cfg.max_minutes} min reached at step {step}", flush=True)
             break
-        x0, y = make_batch(cfg.batch_size, seed=cfg.seed * 10_000_019 + step * ctx.world_size + ctx.rank)
+        x0, y = make_batch(cfg.batch_size, seed=cfg.seed * 10_000_019 + step * ctx.world_size + ctx.rank,
+                           class_weights=class_weights)
         x0, y = x0.to(ctx.device), y.to(ctx.device)
         for group in optimizer.param_groups:
             group["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.warmup) * (0.5 * (1 + math.cos(math.pi * step / cfg.steps)) * 0.9 + 0.1)

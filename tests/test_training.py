@@ -30,6 +30,20 @@ def test_procedural_dataset_is_deterministic_and_classes_differ():
     assert (distances + torch.eye(len(CLASS_NAMES)) * 1e9).min() > 1.0
 
 
+def test_class_weights_set_the_training_frequency_of_each_class():
+    weights = [3.0, 1.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]
+    images, labels = make_batch(6000, seed=5, class_weights=weights)
+    counts = torch.bincount(labels, minlength=len(CLASS_NAMES)).double()
+    assert counts[2] == 0
+    expected = 6000 * torch.tensor(weights, dtype=torch.float64) / sum(weights)
+    assert ((counts - expected).abs() <= 4 * expected.sqrt() + 1e-9).all()  # binomial counts within 4 sd
+    again, labels_again = make_batch(6000, seed=5, class_weights=weights)
+    assert torch.equal(images, again) and torch.equal(labels, labels_again)
+    for bad, problem in (([1.0, 2.0], "one value per class"), ([0.0] * 10, "not all 0"), ([-1.0] + [1.0] * 9, ">= 0")):
+        with pytest.raises(ValueError, match=problem):
+            make_batch(4, class_weights=bad)
+
+
 def test_min_snr_weight_caps_only_the_low_noise_steps():
     diffusion = GaussianDiffusion.training()
     i = torch.arange(diffusion.num_steps)
