@@ -11,7 +11,7 @@ from typing import Callable
 
 import torch
 
-from .checkpoints import EMBEDDED_DIT, load_dit
+from .checkpoints import EMBEDDED_DIT, WEIGHTS_DIR, load_dit
 from .denoiser import GuidedDenoiser
 from .diffusion import VARIANCE_MODES, GaussianDiffusion
 from .dit import DIT_CONFIGS, DiT, dit_config
@@ -289,7 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
     card = sub.add_parser("model-card", help="measure the shipped weights and write free_core/weights/MODEL_CARD.md")
     card.add_argument("--quality-samples", type=int, default=500)
     card.add_argument("--quality-draft-length", type=int, default=2, help="K of the strict quality run")
-    card.add_argument("--notes", default=None, help="JSON with training notes for the card")
+    card.add_argument("--notes", default=str(WEIGHTS_DIR / "model_card_notes.json"),
+                      help="JSON with training notes for the card (default: the shipped weights' notes)")
     card.set_defaults(handler=command_model_card)
 
     classifier = sub.add_parser("train-classifier", help="train the metric classifier on the procedural data")
