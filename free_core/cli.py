@@ -249,7 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
     drafter.add_argument("--out", default="runs/drafter")
     drafter.add_argument("--sampling-steps", type=comma_separated(int), default=(250,),
                          help="the step count used at sampling, or several comma-separated (one trajectory set each)")
-    drafter.add_argument("--trajectories", type=int, default=64, help="per CFG scale, over all processes")
+    drafter.add_argument("--trajectories", type=int, default=64,
+                         help="per sampling step count and CFG scale, over all processes")
     drafter.add_argument("--cfg-scales", type=comma_separated(float), default=(1.0, 4.0),
                          help="comma-separated guidance scales to collect")
     drafter.add_argument("--steps", type=int, default=1500)

@@ -108,8 +108,11 @@ def make_images(labels: torch.Tensor, size: int = 32, seed: int = 0) -> torch.Te
     return image * 2 - 1
 
 
+ClassWeights = torch.Tensor | list[float] | tuple[float, ...]
+
+
 def make_batch(n: int, size: int = 32, seed: int = 0,
-               class_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+               class_weights: ClassWeights | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """`n` images with random labels, uniform or drawn in proportion to `class_weights`: (images, labels),
     deterministic in `seed`."""
     g = torch.Generator().manual_seed(seed)
@@ -120,7 +123,7 @@ def make_batch(n: int, size: int = 32, seed: int = 0,
     return make_images(labels, size=size, seed=seed + 1), labels
 
 
-def check_class_weights(class_weights: torch.Tensor | list[float] | tuple[float, ...]) -> torch.Tensor:
+def check_class_weights(class_weights: ClassWeights) -> torch.Tensor:
     """The weights as a float tensor, or a ValueError naming what is wrong with them."""
     weights = torch.as_tensor(class_weights, dtype=torch.float64)
     if weights.shape != (NUM_CLASSES,):

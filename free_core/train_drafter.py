@@ -39,7 +39,7 @@ class DrafterTrainConfig:
     dit: str = "embedded"
     out: str = "runs/drafter"
     sampling_steps: tuple[int, ...] = (250,)  # the step counts used at sampling; one int is accepted too
-    trajectories: int = 64  # per CFG scale, over all ranks
+    trajectories: int = 64  # per sampling step count and CFG scale, over all ranks
     cfg_scales: tuple[float, ...] = (1.0, 4.0)
     train_steps: int = 1500
     batch_size: int = 32
