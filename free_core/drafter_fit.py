@@ -13,10 +13,9 @@ from typing import Callable
 import torch
 
 from .denoiser import GuidedDenoiser
-from .diffusion import GaussianDiffusion
 from .dit import DiT
 from .drafter import FreeDrafter, drafter_for
-from .train_drafter import DrafterTrainConfig, collect_trajectories, collection_seed, feature_scale, optimisation_step
+from .train_drafter import DrafterTrainConfig, collect_trajectories, feature_scale, optimisation_step, trajectory_sets
 
 ProgressCallback = Callable[[int, int], None]
 
@@ -64,14 +63,12 @@ def _fit(dit: DiT, cfg: DrafterTrainConfig, on_progress: ProgressCallback | None
     total = collect_units + cfg.train_steps
 
     datasets, collected = [], 0
-    for steps in cfg.sampling_steps:
-        diffusion = GaussianDiffusion.respaced(steps)
-        for scale in cfg.cfg_scales:
-            generator = torch.Generator(device=device).manual_seed(collection_seed(cfg.seed, 0, scale, steps))
-            relay = _ProgressRelay(on_progress, collected, total)
-            denoiser = GuidedDenoiser(dit, diffusion, cfg_scale=scale)
-            datasets.append(collect_trajectories(denoiser, cfg.trajectories, generator, cfg.collect_batch, device, relay))
-            collected += cfg.trajectories * steps
+    for steps, scale, diffusion, seed in trajectory_sets(cfg):
+        generator = torch.Generator(device=device).manual_seed(seed)
+        relay = _ProgressRelay(on_progress, collected, total)
+        denoiser = GuidedDenoiser(dit, diffusion, cfg_scale=scale)
+        datasets.append(collect_trajectories(denoiser, cfg.trajectories, generator, cfg.collect_batch, device, relay))
+        collected += cfg.trajectories * steps
     scale = feature_scale(datasets)
 
     generator = torch.Generator().manual_seed(cfg.seed * 7919)

@@ -20,6 +20,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -219,9 +220,12 @@ def train_drafter(cfg: DrafterTrainConfig, dit: DiT | None = None) -> tuple[Path
     return out_dir / "drafter.safetensors", losses
 
 
-def collection_seed(seed: int, rank: int, cfg_scale: float, sampling_steps: int) -> int:
-    """The generator seed of one rank's trajectories at one CFG scale and step count."""
-    return seed * 1_000_003 + rank * 101 + int(cfg_scale * 10) + 7919 * sampling_steps
+def trajectory_sets(cfg: DrafterTrainConfig, rank: int = 0) -> Iterator[tuple[int, float, GaussianDiffusion, int]]:
+    """(sampling steps, CFG scale, respaced diffusion, generator seed) of each trajectory set one rank collects."""
+    for steps in cfg.sampling_steps:
+        diffusion = GaussianDiffusion.respaced(steps)
+        for scale in cfg.cfg_scales:
+            yield steps, scale, diffusion, cfg.seed * 1_000_003 + rank * 101 + int(scale * 10) + 7919 * steps
 
 
 def _collect_or_load(cfg: DrafterTrainConfig, dit: DiT, ctx: DistributedContext, out_dir: Path) -> list[Trajectories]:
@@ -229,20 +233,18 @@ def _collect_or_load(cfg: DrafterTrainConfig, dit: DiT, ctx: DistributedContext,
     datasets = []
     per_rank = max(1, cfg.trajectories // ctx.world_size)
     fingerprint = getattr(dit, "weights_fingerprint", "unknown")
-    for steps in cfg.sampling_steps:
-        diffusion = GaussianDiffusion.respaced(steps)
-        for scale in cfg.cfg_scales:
-            cache = out_dir / f"trajectories_{fingerprint}_cfg{scale:g}_steps{steps}_n{per_rank}_rank{ctx.rank}_seed{cfg.seed}.pt"
-            if cache.is_file():
-                saved = torch.load(cache, map_location="cpu", weights_only=True)
-                datasets.append(Trajectories(saved["states"], saved["features"], saved["labels"], scale, diffusion))
-                continue
-            denoiser = GuidedDenoiser(dit, diffusion, cfg_scale=scale)
-            generator = torch.Generator(device=ctx.device).manual_seed(collection_seed(cfg.seed, ctx.rank, scale, steps))
-            progress = Progress(per_rank * steps, f"collect steps={steps} cfg={scale:g}", enabled=ctx.is_main, log_every=500)
-            data = collect_trajectories(denoiser, per_rank, generator, cfg.collect_batch, ctx.device, progress)
-            progress.close()
-            out_dir.mkdir(parents=True, exist_ok=True)
-            torch.save({"states": data.states, "features": data.features, "labels": data.labels}, cache)
-            datasets.append(data)
+    for steps, scale, diffusion, seed in trajectory_sets(cfg, ctx.rank):
+        cache = out_dir / f"trajectories_{fingerprint}_cfg{scale:g}_steps{steps}_n{per_rank}_rank{ctx.rank}_seed{cfg.seed}.pt"
+        if cache.is_file():
+            saved = torch.load(cache, map_location="cpu", weights_only=True)
+            datasets.append(Trajectories(saved["states"], saved["features"], saved["labels"], scale, diffusion))
+            continue
+        denoiser = GuidedDenoiser(dit, diffusion, cfg_scale=scale)
+        generator = torch.Generator(device=ctx.device).manual_seed(seed)
+        progress = Progress(per_rank * steps, f"collect steps={steps} cfg={scale:g}", enabled=ctx.is_main, log_every=500)
+        data = collect_trajectories(denoiser, per_rank, generator, cfg.collect_batch, ctx.device, progress)
+        progress.close()
+        out_dir.mkdir(parents=True, exist_ok=True)
+        torch.save({"states": data.states, "features": data.features, "labels": data.labels}, cache)
+        datasets.append(data)
     return datasets
