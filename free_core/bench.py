@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoints import EMBEDDED_DRAFTER, load_embedded_dit
+from .checkpoints import EMBEDDED_CFG_SCALE, EMBEDDED_DRAFTER, load_embedded_dit
 from .cost import measure_batch_cost
 from .denoiser import GuidedDenoiser
 from .diffusion import GaussianDiffusion
@@ -42,7 +42,7 @@ class BenchConfig:
     quality_steps: int = 50
     quality_draft_length: int = 8
     quality_samplers: tuple[str, ...] = ("baseline", "strict", "relax")
-    cfg_scale: float = 4.0
+    cfg_scale: float = EMBEDDED_CFG_SCALE
     seed: int = 0
     out_dir: str = "docs"
     quick: bool = False

@@ -17,6 +17,9 @@ WEIGHTS_DIR = PACKAGE_DIR / "weights"
 EMBEDDED_DIT = WEIGHTS_DIR / "dit_procedural.safetensors"
 EMBEDDED_DRAFTER = WEIGHTS_DIR / "drafter_procedural.safetensors"
 EMBEDDED_CLASSIFIER = WEIGHTS_DIR / "classifier_procedural.safetensors"
+# The embedded DiT draws its classes best near guidance 2 (MODEL_CARD.md: at 4 the colours saturate and disks
+# lose their outline); the default of every sampler entry point on the embedded model.
+EMBEDDED_CFG_SCALE = 2.0
 
 
 def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

@@ -11,7 +11,7 @@ from typing import Callable
 
 import torch
 
-from .checkpoints import EMBEDDED_DIT, WEIGHTS_DIR, load_dit
+from .checkpoints import EMBEDDED_CFG_SCALE, EMBEDDED_DIT, WEIGHTS_DIR, load_dit
 from .denoiser import GuidedDenoiser
 from .diffusion import VARIANCE_MODES, GaussianDiffusion
 from .dit import DIT_CONFIGS, DiT, dit_config
@@ -209,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--mode", default="compare", choices=["off", "strict", "relax", "compare"])
     sample.add_argument("--steps", type=int, default=250)
     sample.add_argument("--batch", type=int, default=8)
-    sample.add_argument("--cfg", type=float, default=4.0, help="classifier-free guidance scale (1 = off)")
+    sample.add_argument("--cfg", type=float, default=EMBEDDED_CFG_SCALE, help="classifier-free guidance scale (1 = off)")
     sample.add_argument("--variance", default=None, choices=VARIANCE_MODES, help="default: learned if the model learns sigma")
     sample.add_argument("--draft-length", type=int, default=6)
     sample.add_argument("--relax-strength", type=float, default=8.0,
@@ -251,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="the step count used at sampling, or several comma-separated (one trajectory set each)")
     drafter.add_argument("--trajectories", type=int, default=64,
                          help="per sampling step count and CFG scale, over all processes")
-    drafter.add_argument("--cfg-scales", type=comma_separated(float), default=(1.0, 4.0),
+    drafter.add_argument("--cfg-scales", type=comma_separated(float), default=(1.0, 2.0, 4.0),
                          help="comma-separated guidance scales to collect")
     drafter.add_argument("--steps", type=int, default=1500)
     drafter.add_argument("--batch-size", type=int, default=32)

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from .checkpoints import EMBEDDED_CLASSIFIER, EMBEDDED_DIT, EMBEDDED_DRAFTER, WEIGHTS_DIR, load_embedded_dit, sha256_file
+from .checkpoints import EMBEDDED_CFG_SCALE, EMBEDDED_CLASSIFIER, EMBEDDED_DIT, EMBEDDED_DRAFTER, WEIGHTS_DIR, load_embedded_dit, sha256_file
 from .denoiser import GuidedDenoiser
 from .diffusion import GaussianDiffusion
 from .draft_length import AdaptiveDraftLength
@@ -26,12 +26,12 @@ from .speculative import sample_speculative
 
 
 def measure(steps: int = 250, batch: int = 8, quality_samples: int = 500, seed: int = 0, quality_draft_length: int = 2,
-            log=print) -> dict:
+            cfg_scale: float = EMBEDDED_CFG_SCALE, log=print) -> dict:
     """Calls at K=6 and adaptive; quality of strict at `quality_draft_length` (strict's law does not depend on K,
     and a short K evaluates fewer states, which is what the quality run costs)."""
     model = load_embedded_dit()
     learned = load_drafter(EMBEDDED_DRAFTER, model)
-    denoiser = GuidedDenoiser(model, GaussianDiffusion.respaced(steps), cfg_scale=4.0)
+    denoiser = GuidedDenoiser(model, GaussianDiffusion.respaced(steps), cfg_scale=cfg_scale)
     g = torch.Generator().manual_seed(seed)
     x_T = initial_noise((batch, 3, model.input_size, model.input_size), g)
     labels = torch.arange(batch) % model.num_classes
@@ -62,7 +62,7 @@ def measure(steps: int = 250, batch: int = 8, quality_samples: int = 500, seed: 
             images, _ = sample_speculative(denoiser, drafter, x_T, labels, generator, draft_length=quality_draft_length)
         quality[name] = quality_report(classifier, images, labels, reference)
         log(f"{name}: FD {quality[name]['fd']:.3f}, class accuracy {quality[name]['class_accuracy']:.3f} (n={quality_samples})")
-    return {"steps": steps, "batch": batch, "seed": seed, "calls": calls, "quality": quality}
+    return {"steps": steps, "batch": batch, "seed": seed, "cfg_scale": cfg_scale, "calls": calls, "quality": quality}
 
 
 def _metadata(path: Path) -> dict[str, str]:
@@ -101,7 +101,7 @@ def write_model_card(results: dict, training_notes: dict[str, str]) -> Path:
         f"- held-out accuracy on real procedural images: {classifier_meta.get('held_out_accuracy')} "
         f"({classifier_meta.get('steps')} steps, seed {classifier_meta.get('seed')})",
         "",
-        f"## Measured (`python -m free_core model-card`, {results['steps']} steps, batch {results['batch']}, seed {results['seed']})",
+        f"## Measured (`python -m free_core model-card`, {results['steps']} steps, batch {results['batch']}, CFG {results['cfg_scale']:g}, seed {results['seed']})",
         "",
         "| sampler | sequential DiT calls | fewer calls | DiT-evaluated states | acceptance | mean steps/round | wall s |",
         "|---|---|---|---|---|---|---|",

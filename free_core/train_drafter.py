@@ -41,7 +41,7 @@ class DrafterTrainConfig:
     out: str = "runs/drafter"
     sampling_steps: tuple[int, ...] = (250,)  # the step counts used at sampling; one int is accepted too
     trajectories: int = 64  # per sampling step count and CFG scale, over all ranks
-    cfg_scales: tuple[float, ...] = (1.0, 4.0)
+    cfg_scales: tuple[float, ...] = (1.0, 2.0, 4.0)
     train_steps: int = 1500
     batch_size: int = 32
     unroll: int = 6

@@ -10,6 +10,7 @@ import comfy.model_management
 import comfy.samplers
 import comfy.utils
 
+from ..free_core.checkpoints import EMBEDDED_CFG_SCALE
 from ..free_core.generate import DRAFT_POLICIES, SAMPLER_MODES, draft_length_policy, generate
 from ..free_core.k_diffusion_sampler import sample_euler_ancestral, sample_free_euler_ancestral
 from .comfy_model import free_dit_of, labels_from_conditioning
@@ -39,7 +40,7 @@ class FREEKSampler:
             "latent_image": ("LATENT", {"tooltip": "gives the batch size and shape (FREE Empty Latent); sampling starts from noise"}),
             "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF}),
             "steps": ("INT", {"default": 50, "min": 1, "max": 1000}),
-            "cfg": ("FLOAT", {"default": 4.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01}),
+            "cfg": ("FLOAT", {"default": EMBEDDED_CFG_SCALE, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01}),
             **DRAFT_INPUTS,
         }}
 

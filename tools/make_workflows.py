@@ -12,9 +12,15 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from free_core.checkpoints import EMBEDDED_CFG_SCALE  # noqa: E402
+
+DIT_XL_CFG_SCALE = 4.0  # the DiT paper's scale for its sample figures
 
 # Output types by class: what links carry and what the frontend shows on each output slot.
 OUTPUTS = {
@@ -83,7 +89,7 @@ class Graph:
                 "version": 0.4}
 
 
-def sampler_widgets(mode: str, steps: int, seed: int = 42, cfg: float = 4.0, draft_length: int = 6,
+def sampler_widgets(mode: str, steps: int, cfg: float, seed: int = 42, draft_length: int = 6,
                     relax_strength: float = 8.0) -> list:
     return [seed, "fixed", steps, cfg, mode, draft_length, "fixed", relax_strength]
 
@@ -94,7 +100,7 @@ def embedded() -> dict:
     drafter = g.add("FREEDrafterLoader", (0, 160), ["embedded"], model=(dit, 0))
     label = g.add("FREEClassLabel", (0, 320), ["3 ring [embedded]", -1], model=(dit, 0))
     latent = g.add("FREEEmptyLatent", (0, 480), [8], model=(dit, 0))
-    sampler = g.add("FREEKSampler", (360, 0), sampler_widgets("strict", 50), model=(dit, 0), drafter=(drafter, 0),
+    sampler = g.add("FREEKSampler", (360, 0), sampler_widgets("strict", 50, EMBEDDED_CFG_SCALE), model=(dit, 0), drafter=(drafter, 0),
                     positive=(label, 0), negative=(label, 1), latent_image=(latent, 0))
     decode = g.add("FREEDecode", (700, 0), [4], samples=(sampler, 0))
     g.add("SaveImage", (1040, 0), ["FREE_embedded"], images=(decode, 0))
@@ -109,7 +115,7 @@ def dit_xl(resolution: int, batch: int) -> dict:
     drafter = g.add("FREEDrafterLoader", (0, 160), ["frozen (training-free)"], model=(dit, 0))
     label = g.add("FREEClassLabel", (0, 320), ["207 Golden Retriever", -1], model=(dit, 0))
     latent = g.add("FREEEmptyLatent", (0, 480), [batch], model=(dit, 0))
-    sampler = g.add("FREEKSampler", (360, 0), sampler_widgets("strict", 50), model=(dit, 0), drafter=(drafter, 0),
+    sampler = g.add("FREEKSampler", (360, 0), sampler_widgets("strict", 50, DIT_XL_CFG_SCALE), model=(dit, 0), drafter=(drafter, 0),
                     positive=(label, 0), negative=(label, 1), latent_image=(latent, 0))
     vae = g.add("VAELoader", (360, 380), ["vae-ft-mse-840000-ema-pruned.safetensors"])
     decode = g.add("VAEDecode", (700, 0), [], samples=(sampler, 0), vae=(vae, 0))
@@ -127,7 +133,7 @@ def compare() -> dict:
     latent = g.add("FREEEmptyLatent", (0, 480), [8], model=(dit, 0))
     for row, (mode, title) in enumerate([("off", "baseline (plain ancestral)"), ("strict", "FREE strict"), ("relax", "FREE relax")]):
         y = row * 380
-        sampler = g.add("FREEKSampler", (360, y), sampler_widgets(mode, 50), title=title, model=(dit, 0),
+        sampler = g.add("FREEKSampler", (360, y), sampler_widgets(mode, 50, EMBEDDED_CFG_SCALE), title=title, model=(dit, 0),
                         drafter=(drafter, 0), positive=(label, 0), negative=(label, 1), latent_image=(latent, 0))
         decode = g.add("FREEDecode", (700, y), [4], samples=(sampler, 0))
         g.add("PreviewImage", (1040, y), [], images=(decode, 0))
