@@ -244,23 +244,27 @@ def build_parser() -> argparse.ArgumentParser:
                             "the model still draws badly (default: uniform)")
     train.set_defaults(handler=command_train_dit)
 
+    from .train_drafter import DrafterTrainConfig
+
+    drafter_defaults = DrafterTrainConfig()
     drafter = sub.add_parser("train-drafter", help="train a FREE drafter for a DiT (torchrun-ready, resumable)")
-    drafter.add_argument("--dit", default="embedded", help="'embedded' or a DiT weights file (official DiT-XL/2 works)")
-    drafter.add_argument("--out", default="runs/drafter")
-    drafter.add_argument("--sampling-steps", type=comma_separated(int), default=(250,),
+    drafter.add_argument("--dit", default=drafter_defaults.dit,
+                         help="'embedded' or a DiT weights file (official DiT-XL/2 works)")
+    drafter.add_argument("--out", default=drafter_defaults.out)
+    drafter.add_argument("--sampling-steps", type=comma_separated(int), default=drafter_defaults.sampling_steps,
                          help="the step count used at sampling, or several comma-separated (one trajectory set each)")
-    drafter.add_argument("--trajectories", type=int, default=64,
+    drafter.add_argument("--trajectories", type=int, default=drafter_defaults.trajectories,
                          help="per sampling step count and CFG scale, over all processes")
-    drafter.add_argument("--cfg-scales", type=comma_separated(float), default=(1.0, 2.0, 4.0),
+    drafter.add_argument("--cfg-scales", type=comma_separated(float), default=drafter_defaults.cfg_scales,
                          help="comma-separated guidance scales to collect")
-    drafter.add_argument("--steps", type=int, default=1500)
-    drafter.add_argument("--batch-size", type=int, default=32)
-    drafter.add_argument("--unroll", type=int, default=6, help="drafts per training unroll (K)")
-    drafter.add_argument("--lr", type=float, default=2e-3)
-    drafter.add_argument("--seed", type=int, default=0)
-    drafter.add_argument("--max-minutes", type=float, default=None)
-    drafter.add_argument("--collect-batch", type=int, default=32)
-    drafter.add_argument("--device", default=None)
+    drafter.add_argument("--steps", type=int, default=drafter_defaults.train_steps)
+    drafter.add_argument("--batch-size", type=int, default=drafter_defaults.batch_size)
+    drafter.add_argument("--unroll", type=int, default=drafter_defaults.unroll, help="drafts per training unroll (K)")
+    drafter.add_argument("--lr", type=float, default=drafter_defaults.lr)
+    drafter.add_argument("--seed", type=int, default=drafter_defaults.seed)
+    drafter.add_argument("--max-minutes", type=float, default=drafter_defaults.max_minutes)
+    drafter.add_argument("--collect-batch", type=int, default=drafter_defaults.collect_batch)
+    drafter.add_argument("--device", default=drafter_defaults.device)
     drafter.set_defaults(handler=command_train_drafter)
 
     bench = sub.add_parser("bench", help="baseline vs FREE strict/relax vs frozen drafter, side by side")
