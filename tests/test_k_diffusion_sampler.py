@@ -6,38 +6,14 @@ import torch
 import free_core.speculative as speculative
 from free_core.k_diffusion_sampler import ancestral_step, sample_euler_ancestral, sample_free_euler_ancestral
 from free_core.two_sample import energy_test
+from toy_models import MixtureSigmaDenoiser as MixtureDenoiser, karras_sigmas
 
 N_SAMPLES = 2000
 ALPHA = 0.01
 
 
-class MixtureDenoiser:
-    """Exact E[x0 | x0 + sigma n] for x0 ~ mean of N(mu_k, s^2 I): a k-diffusion black-box model."""
-
-    def __init__(self, dim: int, components: int = 3, data_std: float = 0.3, seed: int = 0):
-        g = torch.Generator().manual_seed(seed)
-        self.means = 2.0 * torch.randn(components, dim, generator=g, dtype=torch.float64)
-        self.data_std = data_std
-        self.calls: list[int] = []
-
-    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, **extra_args) -> torch.Tensor:
-        self.calls.append(x.shape[0])
-        points = x.flatten(1).double()[:, None, :]  # (N, 1, d)
-        var = self.data_std**2 + sigma.double()[:, None] ** 2  # (N, 1): one sigma per row
-        log_w = -((points - self.means[None]) ** 2).sum(-1) / (2 * var)  # (N, K)
-        resp = torch.softmax(log_w, dim=1)[:, :, None]
-        posterior = self.means[None] + (self.data_std**2 / var)[:, :, None] * (points - self.means[None])
-        return (resp * posterior).sum(1).reshape(x.shape).to(x.dtype)
-
-
-def _sigmas(steps: int = 20, sigma_max: float = 10.0, sigma_min: float = 0.02, rho: float = 7.0) -> torch.Tensor:
-    ramp = torch.linspace(0, 1, steps, dtype=torch.float64)
-    sigmas = (sigma_max ** (1 / rho) + ramp * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
-    return torch.cat([sigmas, torch.zeros(1, dtype=torch.float64)])
-
-
 def _run(sampler, model, dim, seed, n=N_SAMPLES, **options):
-    sigmas = _sigmas()
+    sigmas = karras_sigmas(20)
     x = torch.randn(n, dim, 1, 1, generator=torch.Generator().manual_seed(seed + 1000), dtype=torch.float64) * sigmas[0]
     sink = []
     out = sampler(model, x, sigmas, extra_args={"seed": seed}, stats_sink=sink, **options)
@@ -125,7 +101,7 @@ def test_bad_options_name_the_argument(options, name):
 
 
 def test_inpainting_mask_is_refused_with_a_clear_message():
-    sigmas = _sigmas()
+    sigmas = karras_sigmas(20)
     x = torch.randn(2, 2, 1, 1, dtype=torch.float64)
     with pytest.raises(ValueError, match="denoise mask"):
         sample_free_euler_ancestral(MixtureDenoiser(2), x, sigmas, extra_args={"seed": 0, "denoise_mask": torch.ones_like(x)})

@@ -46,3 +46,76 @@ class GaussianMixtureDenoiser(nn.Module):
 def mixture(dim: int, components: int = 3, seed: int = 0, spread: float = 2.0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return spread * torch.randn(components, dim, generator=g, dtype=torch.float64)
+
+
+class LinearGaussianDenoiser(GaussianMixtureDenoiser):
+    """Data x0 ~ N(mu, s^2 I): the exact eps is linear in x_t, so the ancestral chain is a linear Gaussian chain
+    and its law at every step has a closed form (`tests/exact_law.py`).
+
+    With learn_sigma the variance channel depends on the timestep only (never on the state), so the chain stays
+    linear Gaussian while a drafter that proposes another variance exercises the unequal-std coupling.
+    """
+
+    def __init__(self, mean: torch.Tensor, data_std: float, learn_sigma: bool = False, null_class: int = 0):
+        super().__init__(mean.reshape(1, -1), data_std, learn_sigma)
+        self.null_class = null_class
+
+    def head(self, h: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        eps = h[:, 0, :, None, None]
+        if not self.learn_sigma:
+            return eps
+        var_values = (0.8 * torch.cos(t.to(eps.dtype) / 150.0))[:, None, None, None].expand_as(eps)
+        return torch.cat([eps, var_values], dim=1)
+
+
+class PerturbedDrafter:
+    """A state-dependent test drafter: the exact features of a nearby model at `x`, moved by terms in the state
+    change `x - previous_x` and the feature history, so that its drafts depend on everything a learned drafter
+    may read. `eps_bias` sets how wrong the drafts are (hence the acceptance); `variance_shift` moves the variance
+    channel so drafts and targets differ in std (the coupling's residual path)."""
+
+    history_length = 2
+    name = "perturbed"
+
+    def __init__(self, eps_bias: float | torch.Tensor, variance_shift: float = 0.0):
+        self.eps_bias = torch.as_tensor(eps_bias, dtype=torch.float64)  # a scalar, or one value per step index
+        self.variance_shift = variance_shift
+
+    def propose(self, model, context):
+        exact = model.features(context.x, context.t, context.y)  # (R, 1, d)
+        change = (context.x - context.previous_x).flatten(1)[:, None, :]
+        trend = context.features[:, -1] - context.features[:, -2]
+        bias = self.eps_bias[context.step.cpu()][:, None, None] if self.eps_bias.ndim else self.eps_bias
+        features = exact + bias.to(exact) + 0.05 * change + 0.05 * trend
+        output = model.head(features, context.t, context.y)
+        if model.learn_sigma and self.variance_shift:
+            channels = model.in_channels
+            output = torch.cat([output[:, :channels], (output[:, channels:] + self.variance_shift).clamp(-1, 1)], dim=1)
+        return output, features
+
+
+class MixtureSigmaDenoiser:
+    """Exact E[x0 | x0 + sigma n] for x0 ~ mean of N(mu_k, s^2 I): a k-diffusion black-box model. With one
+    component it is linear in x, so Euler-ancestral is a linear Gaussian chain."""
+
+    def __init__(self, dim: int, components: int = 3, data_std: float = 0.3, seed: int = 0):
+        g = torch.Generator().manual_seed(seed)
+        self.means = 2.0 * torch.randn(components, dim, generator=g, dtype=torch.float64)
+        self.data_std = data_std
+        self.calls: list[int] = []
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, **extra_args) -> torch.Tensor:
+        self.calls.append(x.shape[0])
+        points = x.flatten(1).double()[:, None, :]  # (N, 1, d)
+        var = self.data_std**2 + sigma.double()[:, None] ** 2  # (N, 1): one sigma per row
+        log_w = -((points - self.means[None]) ** 2).sum(-1) / (2 * var)  # (N, K)
+        resp = torch.softmax(log_w, dim=1)[:, :, None]
+        posterior = self.means[None] + (self.data_std**2 / var)[:, :, None] * (points - self.means[None])
+        return (resp * posterior).sum(1).reshape(x.shape).to(x.dtype)
+
+
+def karras_sigmas(steps: int, sigma_max: float = 10.0, sigma_min: float = 0.02, rho: float = 7.0) -> torch.Tensor:
+    """Karras et al.'s schedule of `steps` sigmas, then 0 (k-diffusion's get_sigmas_karras)."""
+    ramp = torch.linspace(0, 1, steps, dtype=torch.float64)
+    sigmas = (sigma_max ** (1 / rho) + ramp * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
+    return torch.cat([sigmas, torch.zeros(1, dtype=torch.float64)])
