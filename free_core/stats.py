@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
+import torch
+
 
 @dataclass
 class SamplingStats:
@@ -30,6 +32,20 @@ class SamplingStats:
         if not self.proposed_per_step:
             self.proposed_per_step = [0] * self.num_steps
             self.accepted_per_step = [0] * self.num_steps
+
+    def record_round(self, states: int, rows: int, advances: torch.Tensor, proposed: torch.Tensor | None = None,
+                     accepted: torch.Tensor | None = None) -> None:
+        """One model call that evaluated `states` states (`rows` model rows) and advanced each sample by
+        `advances`; `proposed`/`accepted` are the run's per-step draft counts so far (speculative samplers)."""
+        self.rounds += 1
+        self.sequential_dit_calls += 1
+        self.dit_states += states
+        self.dit_rows += rows
+        self.states_per_round.append(states)
+        self.advance_histogram.update(advances.tolist())
+        if proposed is not None:
+            self.proposed_per_step = proposed.tolist()
+            self.accepted_per_step = accepted.tolist()
 
     @property
     def acceptance_rate(self) -> float:

@@ -1,5 +1,8 @@
 """Strict FREE has exactly the law of the plain chain: high-power tests against closed-form laws.
 
+Spaces: DDPM step indices (the DiT engine), and sigma space with ComfyUI's euler_ancestral step in its
+variance-exploding form (EPS models) and its rectified-flow form (flow / CONST models: Flux, SD3, Wan, ...).
+
 Linear Gaussian data make every transition affine in the state with a state-independent std, so the law of
 the plain chain's final state is known exactly (tests/exact_law.py). N = 100k samples standardised by it must
 look N(0, 1): KS of the coordinates, and KS of each sample's squared norm against chi^2_d (which sees a wrong
@@ -14,15 +17,16 @@ with min(1, q/p), but on rejection draw afresh from q instead of from the residu
 import pytest
 import torch
 
-import free_core.speculative as speculative
+import free_core.rounds as rounds
 from exact_law import exact_law_p_values, linear_gaussian_law
 from free_core.coupling import maximal_coupling
 from free_core.denoiser import GuidedDenoiser
 from free_core.diffusion import GaussianDiffusion
 from free_core.drafting import FrozenDrafter
-from free_core.k_diffusion_sampler import ancestral_transition, sample_free_euler_ancestral
+from free_core.k_diffusion_sampler import AncestralStep, sample_free_euler_ancestral
 from free_core.speculative import sample_speculative
-from toy_models import LinearGaussianDenoiser, MixtureSigmaDenoiser, PerturbedDrafter, karras_sigmas
+from toy_models import (FlowGaussianDenoiser, LinearGaussianDenoiser, MixtureSigmaDenoiser, PerturbedDrafter, flow_sigmas,
+                        karras_sigmas)
 
 N = 100_000
 ALPHA = 1e-3  # per p-value; every run is seeded, so a pass or fail is reproducible
@@ -72,32 +76,43 @@ def _run_ddpm(steps: int, learn_sigma: bool, seed: int = 1):
 SIGMA_DIM = 2
 
 
-def _run_sigma_space(steps: int, sigma_min: float, seed: int = 1):
-    model = MixtureSigmaDenoiser(SIGMA_DIM, components=1, data_std=DATA_STD)
-    sigmas = karras_sigmas(steps, sigma_min=sigma_min)
+def _run_sigma_space(model, sigmas: torch.Tensor, step: AncestralStep, seed: int = 1):
     x = torch.randn(N, SIGMA_DIM, 1, 1, generator=torch.Generator().manual_seed(seed + 1000), dtype=torch.float64) * sigmas[0]
     sink = []
-    samples = sample_free_euler_ancestral(model, x, sigmas, extra_args={"seed": seed}, stats_sink=sink, draft_length=K)
+    samples = sample_free_euler_ancestral(model, x, sigmas, extra_args={"seed": seed}, stats_sink=sink, step=step, draft_length=K)
 
     def transition_at(i):
-        return lambda x: ancestral_transition(x, model(x, sigmas[i].expand(x.shape[0])), sigmas[i].expand(x.shape[0]),
-                                              sigmas[i + 1].expand(x.shape[0]))
+        return lambda x: step(x, model(x, sigmas[i].expand(x.shape[0])), sigmas[i].expand(x.shape[0]), sigmas[i + 1].expand(x.shape[0]))
 
     like = torch.zeros(1, SIGMA_DIM, 1, 1, dtype=torch.float64)
-    law = linear_gaussian_law([transition_at(i) for i in range(steps)], like, initial_std=float(sigmas[0]))
+    law = linear_gaussian_law([transition_at(i) for i in range(len(sigmas) - 1)], like, initial_std=float(sigmas[0]))
     return samples, sink[0], law
+
+
+def _run_variance_exploding(steps: int, sigma_min: float):
+    """EPS / V-prediction models: x = x0 + sigma n, karras sigmas from 10."""
+    model = MixtureSigmaDenoiser(SIGMA_DIM, components=1, data_std=DATA_STD)
+    return _run_sigma_space(model, karras_sigmas(steps, sigma_min=sigma_min), AncestralStep())
+
+
+def _run_flow(steps: int):
+    """Rectified-flow (CONST) models: x = (1 - sigma) x0 + sigma n, sigmas from 1 with ComfyUI's SD3 shift 3."""
+    model = FlowGaussianDenoiser(DATA_MEAN, data_std=2.0)
+    return _run_sigma_space(model, flow_sigmas(steps), AncestralStep(flow=True))
 
 
 # One round, DDPM: K + 3 steps, so that the bonus transition out of the last drafted state is a noisy step (at
 # K + 2 it would be the final, deterministic one) and one plain step ends the chain. Sigma space: K + 2 steps
 # (a K_b never takes the last step, so its bonus is the final sigma -> 0 step).
-# The sigma-space sampler drafts with the frozen drafter; the schedules put its acceptance at ~0.7.
+# The sigma-space sampler drafts with the frozen drafter; the schedules and data put its acceptance at ~0.7-0.8.
 CASES = {
     "ddpm-fixed-variance-several-rounds": lambda: _run_ddpm(20, learn_sigma=False),
     "ddpm-learned-variance-several-rounds": lambda: _run_ddpm(20, learn_sigma=True),
     "ddpm-learned-variance-one-round": lambda: _run_ddpm(K + 3, learn_sigma=True),
-    "sigma-space-several-rounds": lambda: _run_sigma_space(12, sigma_min=0.02),
-    "sigma-space-one-round": lambda: _run_sigma_space(K + 2, sigma_min=0.1),
+    "sigma-space-several-rounds": lambda: _run_variance_exploding(12, sigma_min=0.02),
+    "sigma-space-one-round": lambda: _run_variance_exploding(K + 2, sigma_min=0.1),
+    "sigma-space-flow-const-several-rounds": lambda: _run_flow(12),
+    "sigma-space-flow-const-one-round": lambda: _run_flow(K + 2),
 }
 
 
@@ -127,10 +142,11 @@ def _fresh_draw_on_rejection(x_draft, mean_p, std_p, mean_q, std_q, generator=No
 
 
 @pytest.mark.parametrize("coupling", [_always_accept, _fresh_draw_on_rejection], ids=["always-accept", "fresh-draw-on-rejection"])
-@pytest.mark.parametrize("case", ["ddpm-learned-variance-several-rounds", "sigma-space-several-rounds"])
+@pytest.mark.parametrize("case", ["ddpm-learned-variance-several-rounds", "sigma-space-several-rounds",
+                                  "sigma-space-flow-const-several-rounds"])
 def test_wrong_couplings_fail_the_same_test(case, coupling, monkeypatch):
     """Negative controls: the test has the power to see a sampler that is only approximately right."""
-    monkeypatch.setattr(speculative, "maximal_coupling", coupling)
+    monkeypatch.setattr(rounds, "maximal_coupling", coupling)
     samples, _, (mean, variance) = CASES[case]()
     p_values = exact_law_p_values(samples, mean, variance)
     assert min(p_values.values()) < ALPHA, p_values

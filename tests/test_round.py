@@ -11,7 +11,8 @@ import torch
 
 from free_core.denoiser import GuidedDenoiser
 from free_core.diffusion import GaussianDiffusion
-from free_core.speculative import accept_prefix, sample_speculative, verification_layout
+from free_core.rounds import accept_prefix, verification_layout
+from free_core.speculative import sample_speculative
 from toy_models import LinearGaussianDenoiser, PerturbedDrafter
 
 

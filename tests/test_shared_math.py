@@ -12,7 +12,7 @@ import torch
 
 from free_core.denoiser import GuidedDenoiser
 from free_core.diffusion import GaussianDiffusion
-from free_core.k_diffusion_sampler import ancestral_transition, relax_temperature_sigma
+from free_core.k_diffusion_sampler import AncestralStep, ancestral_transition
 from free_core.relax import relax_temperature
 
 STEPS = 10  # respaced from 1000: kept timesteps are exactly 0, 111, 222, ..., 999
@@ -87,13 +87,45 @@ def test_sigma_space_transition_and_relax_temperature_by_hand():
     sigma_up = math.sqrt(sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2)  # k-diffusion's eta = 1 step
     sigma_down = math.sqrt(sigma_next**2 - sigma_up**2)
     mean, std = ancestral_transition(torch.tensor([[x]], dtype=torch.float64), torch.tensor([[denoised]], dtype=torch.float64),
-                                     torch.tensor([sigma]), torch.tensor([sigma_next]))
+                                     torch.tensor([sigma], dtype=torch.float64), torch.tensor([sigma_next], dtype=torch.float64))
     assert mean.item() == pytest.approx(x + (x - denoised) / sigma * (sigma_down - sigma), rel=1e-12)
     assert std.item() == pytest.approx(sigma_up, rel=1e-12)
     coefficient = 1 - sigma_down / sigma  # d mean / d denoised
-    kappa = relax_temperature_sigma(torch.tensor([sigma]), torch.tensor([sigma_next]), 4.0).item()
+    kappa = AncestralStep().temperature(torch.tensor([sigma]), torch.tensor([sigma_next]), 4.0).item()
     assert kappa == pytest.approx(1 + 4 * coefficient / (sigma_up + coefficient), rel=1e-12)
-    assert relax_temperature_sigma(torch.tensor([sigma]), torch.tensor([sigma_next]), 0.0).item() == 1.0
+    assert AncestralStep().temperature(torch.tensor([sigma]), torch.tensor([sigma_next]), 0.0).item() == 1.0
+
+
+@pytest.mark.parametrize("eta, s_noise", [(1.0, 1.0), (0.5, 0.7)])
+def test_flow_euler_ancestral_step_is_comfyuis_rectified_flow_step_by_hand(eta, s_noise):
+    """ComfyUI's sample_euler_ancestral_RF (CONST models), written out for one step."""
+    sigma, sigma_next, x, denoised = 0.8, 0.5, 0.3, -0.2
+    sigma_down = sigma_next * (1 + (sigma_next / sigma - 1) * eta)
+    alpha_next, alpha_down = 1 - sigma_next, 1 - sigma_down
+    renoise = math.sqrt(sigma_next**2 - sigma_down**2 * alpha_next**2 / alpha_down**2)
+    ratio = sigma_down / sigma
+    expected_mean = alpha_next / alpha_down * (ratio * x + (1 - ratio) * denoised)
+    step = AncestralStep(flow=True, eta=eta, s_noise=s_noise)
+    mean, std = step(torch.tensor([[x]], dtype=torch.float64), torch.tensor([[denoised]], dtype=torch.float64),
+                     torch.tensor([sigma], dtype=torch.float64), torch.tensor([sigma_next], dtype=torch.float64))
+    assert mean.item() == pytest.approx(expected_mean, rel=1e-12)
+    assert std.item() == pytest.approx(s_noise * renoise, rel=1e-12)
+    mean, std = step(torch.tensor([[x]], dtype=torch.float64), torch.tensor([[denoised]], dtype=torch.float64),
+                     torch.tensor([sigma], dtype=torch.float64), torch.tensor([0.0], dtype=torch.float64))
+    assert mean.item() == denoised and std.item() == 0.0  # the last step returns denoised
+
+
+def test_variance_exploding_step_with_eta_and_s_noise_by_hand():
+    sigma, sigma_next, x, denoised, eta, s_noise = 3.0, 1.5, 0.4, 0.1, 0.5, 0.7
+    sigma_up = min(sigma_next, eta * math.sqrt(sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2))
+    sigma_down = math.sqrt(sigma_next**2 - sigma_up**2)
+    mean, std = AncestralStep(eta=eta, s_noise=s_noise)(
+        torch.tensor([[x]], dtype=torch.float64), torch.tensor([[denoised]], dtype=torch.float64),
+        torch.tensor([sigma], dtype=torch.float64), torch.tensor([sigma_next], dtype=torch.float64))
+    assert mean.item() == pytest.approx(x + (x - denoised) / sigma * (sigma_down - sigma), rel=1e-12)
+    assert std.item() == pytest.approx(s_noise * sigma_up, rel=1e-12)
+    with pytest.raises(ValueError, match="eta=0"):
+        AncestralStep(eta=0.0).check_stochastic()
 
 
 class TwoChannelModel:

@@ -119,3 +119,24 @@ def karras_sigmas(steps: int, sigma_max: float = 10.0, sigma_min: float = 0.02, 
     ramp = torch.linspace(0, 1, steps, dtype=torch.float64)
     sigmas = (sigma_max ** (1 / rho) + ramp * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
     return torch.cat([sigmas, torch.zeros(1, dtype=torch.float64)])
+
+
+class FlowGaussianDenoiser:
+    """Exact E[x0 | (1 - sigma) x0 + sigma n] for x0 ~ N(mu, s^2 I) (a rectified-flow model, ComfyUI's CONST
+    sampling): linear in x, so the flow form of Euler-ancestral is a linear Gaussian chain."""
+
+    def __init__(self, mean: torch.Tensor, data_std: float):
+        self.mean, self.data_std = mean.double(), data_std
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, **extra_args) -> torch.Tensor:
+        points = x.flatten(1).double()
+        alpha, sigma = (1 - sigma.double())[:, None], sigma.double()[:, None]
+        gain = alpha * self.data_std**2 / (alpha**2 * self.data_std**2 + sigma**2)
+        return (self.mean + gain * (points - alpha * self.mean)).reshape(x.shape).to(x.dtype)
+
+
+def flow_sigmas(steps: int, shift: float = 3.0) -> torch.Tensor:
+    """`steps` flow sigmas from 1 down, time-shifted as ComfyUI's ModelSamplingSD3 does (shift 3), then 0."""
+    t = torch.linspace(1, 0, steps + 1, dtype=torch.float64)[:-1]
+    sigmas = shift * t / (1 + (shift - 1) * t)
+    return torch.cat([sigmas, torch.zeros(1, dtype=torch.float64)])

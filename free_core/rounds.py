@@ -1,0 +1,207 @@
+"""The speculative round, written once for every transition space (DDPM step indices, k-diffusion sigmas).
+
+A sample's progress p counts the transitions it has committed (0..N). One round, for every unfinished sample b
+with K_b = min(K, N - p_b - 1) drafts (the bonus transition must exist):
+  1. draft: for j = 0..K_b-1 the space drafts the transition p_j = N(mean_p, std_p^2) out of the drafted
+     state s_j (s_0 = x_b); s_{j+1} ~ p_j.
+  2. verify: the space evaluates s_0..s_{K_b} of all samples in ONE model call (ragged: per-row progress),
+     giving the exact transitions q_j out of each s_j.
+  3. accept: for j = 0..K_b-1, (y, ok) = maximal_coupling(s_{j+1}, p_j, q_j). The first rejection commits y
+     (an exact draw from q_j) and ends the round; if all K_b drafts pass, the exact transition out of s_{K_b}
+     is drawn for free. A round advances 1..K_b+1 steps for one model call.
+  4. commit: the space keeps what its drafter needs of the verified states the chain moved through.
+A space supplies the transitions and the drafter; everything else (layout, coupling, commit, statistics,
+the draft-length policy) lives here, so every sampler built on it has the same exactness argument.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Protocol
+
+import torch
+
+from .coupling import maximal_coupling
+from .draft_length import DraftLengthPolicy, FixedDraftLength
+from .sampling import step_noise
+from .stats import SamplingStats
+
+MODES = ("strict", "relax")
+
+
+class TransitionSpace(Protocol):
+    """What a sampler's space gives the round. `rows` index the round's active samples; `progress` is per row."""
+
+    total_steps: int
+    rows_per_state: int  # model rows per state (2 with classifier-free guidance in the batch, else 1)
+
+    def step_label(self, progress: torch.Tensor) -> torch.Tensor:
+        """The index the per-step statistics use for the transition out of progress p."""
+
+    def begin_round(self, active: torch.Tensor) -> None:
+        """Called before drafting, with the samples this round works on."""
+
+    def draft(self, rows: torch.Tensor, progress: torch.Tensor, state: torch.Tensor, previous: torch.Tensor
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean_p, std_p) of the drafted transition out of `state`; `previous` is the state before it."""
+
+    def verify(self, states: torch.Tensor, progress: torch.Tensor, sample: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean_q, std_q) of the exact transitions out of all `states` (sample[r]: active index of row r), one model call."""
+
+    def commit(self, offsets: torch.Tensor, stop: torch.Tensor) -> None:
+        """Keep what the drafter needs of the verified rows offsets[a] .. offsets[a] + stop[a] of active sample a
+        (the states its chain moved through this round; the last one is where its new state came from)."""
+
+    def temperature(self, step_label: torch.Tensor, strength: float) -> torch.Tensor:
+        """Relax mode's kappa >= 1 for the transitions with these step labels."""
+
+
+def check_options(draft_length: int | DraftLengthPolicy, mode: str, relax_strength: float) -> DraftLengthPolicy:
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if not (isinstance(relax_strength, (int, float)) and 0 <= relax_strength < float("inf")):
+        raise ValueError(f"relax_strength must be a finite number >= 0, got {relax_strength!r}")
+    if mode == "strict" and relax_strength != 0:
+        raise ValueError(f"relax_strength={relax_strength} needs mode='relax'; strict mode is exact and has no strength")
+    if isinstance(draft_length, bool) or not isinstance(draft_length, (int, DraftLengthPolicy)):
+        raise ValueError(f"draft_length must be an integer >= 1 or a DraftLengthPolicy, got {draft_length!r}")
+    if isinstance(draft_length, int):
+        return FixedDraftLength(draft_length)
+    return draft_length
+
+
+def verification_layout(drafts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Rows of one ragged verification batch holding positions 0..K_b of every sample b.
+
+    Returns (offsets, sample, position): offsets[b] is the row of (b, 0); row r holds (sample[r], position[r]).
+    """
+    per_sample = drafts + 1
+    offsets = torch.cumsum(per_sample, 0) - per_sample
+    sample = torch.repeat_interleave(torch.arange(drafts.numel(), device=drafts.device), per_sample)
+    position = torch.arange(sample.numel(), device=drafts.device) - offsets[sample]
+    return offsets, sample, position
+
+
+def accept_prefix(
+    states: list[torch.Tensor],
+    draft_means: list[torch.Tensor],
+    draft_stds: list[torch.Tensor],
+    drafts: torch.Tensor,
+    offsets: torch.Tensor,
+    mean_q: torch.Tensor,
+    std_q: torch.Tensor,
+    generator: torch.Generator,
+    step_of: Callable[[torch.Tensor, int], torch.Tensor],
+    temperature_of: Callable[[torch.Tensor], torch.Tensor] | None,
+    proposed: torch.Tensor,
+    accepted_count: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Couple each drafted transition j = 0, 1, ... with its verified one until the first rejection.
+
+    A rejection commits the coupling's exact draw; a sample whose K_b drafts all pass takes one more exact
+    transition out of its last drafted state. `step_of(rows, j)` names the step of draft j (for the per-step
+    counts `proposed`/`accepted_count`, updated in place, and `temperature_of`, relax mode's kappa; None in
+    strict mode). Returns (new_state, stop): stop[b] is the position whose exact transition produced sample b's
+    new state.
+    """
+    new_state = torch.empty_like(states[0])
+    stop = drafts.clone()
+    decided = torch.zeros(drafts.numel(), dtype=torch.bool)
+    for j in range(len(draft_means)):
+        rows = ((drafts > j) & ~decided).nonzero().flatten()
+        if not rows.numel():
+            break
+        q_rows = offsets[rows] + j
+        step_index = step_of(rows, j)
+        y, accepted = maximal_coupling(
+            states[j + 1][rows], draft_means[j][rows], draft_stds[j][rows],
+            mean_q[q_rows], std_q[q_rows], generator,
+            temperature=None if temperature_of is None else temperature_of(step_index),
+        )
+        accepted, step_index = accepted.cpu(), step_index.cpu()
+        proposed += torch.bincount(step_index, minlength=proposed.numel())
+        accepted_count += torch.bincount(step_index[accepted], minlength=accepted_count.numel())
+        rejected = rows[~accepted]
+        new_state[rejected] = y[~accepted]
+        stop[rejected] = j
+        decided[rejected] = True
+    bonus = (~decided).nonzero().flatten()
+    if bonus.numel():
+        q_rows = offsets[bonus] + drafts[bonus]
+        new_state[bonus] = mean_q[q_rows] + std_q[q_rows] * step_noise(mean_q[q_rows], generator)
+    return new_state, stop
+
+
+RoundCallback = Callable[[torch.Tensor, torch.Tensor, SamplingStats], None]
+
+
+def run_rounds(
+    space: TransitionSpace,
+    x: torch.Tensor,
+    generator: torch.Generator,
+    policy: DraftLengthPolicy,
+    stats: SamplingStats,
+    relax_strength: float = 0.0,
+    after_round: RoundCallback | None = None,
+) -> torch.Tensor:
+    """Speculative rounds until every sample has committed `space.total_steps` transitions; returns the samples.
+
+    `after_round(x, progress, stats)` runs after each round (progress: committed transitions per sample); it
+    may raise to stop sampling. Statistics are recorded in `stats` round by round, so a policy sees them.
+    """
+    total_steps, n = space.total_steps, x.shape[0]
+    x = x.clone()
+    progress = torch.zeros(n, dtype=torch.long)  # transitions committed per sample
+    last_state = x.clone()  # the state before each sample's current one (where its last exact output was evaluated)
+    proposed = torch.zeros(total_steps, dtype=torch.long)  # drafted transitions tested, by step label
+    accepted_count = torch.zeros(total_steps, dtype=torch.long)
+    temperature_of = None  # strict mode: check_options guarantees relax_strength == 0
+    if relax_strength:
+        def temperature_of(step_label: torch.Tensor) -> torch.Tensor:
+            return space.temperature(step_label, relax_strength)
+
+    while (progress < total_steps).any():
+        active = (progress < total_steps).nonzero().flatten()
+        a_progress = progress[active]
+        k_round = policy.next_length(stats) if stats.rounds else 0  # the first round has nothing to draft from
+        drafts = torch.clamp(total_steps - a_progress - 1, max=k_round)
+        stats.draft_lengths.append(k_round)
+        space.begin_round(active)
+
+        # 1. draft ---------------------------------------------------------------------------------------
+        states = [x[active]]  # states[j]: drafted state s_j of every active sample (rows beyond K_b unused)
+        draft_means, draft_stds = [], []
+        for j in range(int(drafts.max())):
+            rows = (drafts > j).nonzero().flatten()
+            previous = last_state[active][rows] if j == 0 else states[j - 1][rows]
+            mean_p, std_p = space.draft(rows, a_progress[rows] + j, states[j][rows], previous)
+            stats.drafter_calls += 1
+            next_state = states[j].clone()
+            next_state[rows] = mean_p + std_p * step_noise(mean_p, generator)
+            states.append(next_state)
+            full_mean, full_std = torch.zeros_like(states[0]), torch.zeros_like(states[0])
+            full_mean[rows], full_std[rows] = mean_p, std_p
+            draft_means.append(full_mean)
+            draft_stds.append(full_std)
+
+        # 2. verify: every (sample, position <= K_b) in one model call --------------------------------------
+        offsets, pair_a, pair_j = verification_layout(drafts)
+        stacked = torch.stack(states, dim=1)  # (A, K_max + 1, ...)
+        mean_q, std_q = space.verify(stacked[pair_a, pair_j], a_progress[pair_a] + pair_j, pair_a)
+
+        # 3. accept the longest prefix; the first rejection commits the coupled exact draw ------------------
+        new_state, stop = accept_prefix(
+            states, draft_means, draft_stds, drafts, offsets, mean_q, std_q, generator,
+            step_of=lambda rows, j: space.step_label(a_progress[rows] + j), temperature_of=temperature_of,
+            proposed=proposed, accepted_count=accepted_count,
+        )
+
+        # 4. commit -----------------------------------------------------------------------------------------
+        x[active] = new_state
+        progress[active] = a_progress + stop + 1
+        last_state[active] = stacked[torch.arange(active.numel()), stop]
+        space.commit(offsets, stop)
+        stats.record_round(states=pair_a.numel(), rows=pair_a.numel() * space.rows_per_state, advances=stop + 1,
+                           proposed=proposed, accepted=accepted_count)
+        if after_round is not None:
+            after_round(x, progress, stats)
+    return x
