@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from typing import Callable
 
 import torch
 
@@ -29,28 +30,38 @@ def interpolate_cost(curve: BatchCostCurve, rows: int) -> float:
     return (1 - w) * curve[below] + w * curve[above]
 
 
+def time_calls(call: Callable[[int], object], row_counts: list[int], device: torch.device | str = "cpu",
+               repeats: int = 3) -> BatchCostCurve:
+    """Median seconds of `call(rows)` for each row count; the first call of each size warms caches and is dropped."""
+    curve: BatchCostCurve = {}
+    for rows in sorted(set(row_counts)):
+        times = []
+        for _ in range(repeats + 1):
+            if torch.device(device).type == "cuda":
+                torch.cuda.synchronize(device)
+            started = time.perf_counter()
+            call(rows)
+            if torch.device(device).type == "cuda":
+                torch.cuda.synchronize(device)
+            times.append(time.perf_counter() - started)
+        curve[rows] = statistics.median(times[1:])
+    return curve
+
+
 @torch.no_grad()
 def measure_batch_cost(denoiser: GuidedDenoiser, x: torch.Tensor, labels: torch.Tensor, row_counts: list[int],
                        repeats: int = 3) -> dict[int, float]:
     """Median seconds of one DiT forward (features + head) for each row count (rows = states x CFG branches)."""
     model = denoiser.model
-    shape = x.shape[1:]
-    curve: dict[int, float] = {}
-    for rows in sorted(set(row_counts)):
-        inputs = torch.zeros((rows, *shape), dtype=x.dtype, device=x.device)
-        t = torch.full((rows,), int(denoiser.diffusion.model_timesteps[-1]), device=x.device)
+    t_last = int(denoiser.diffusion.model_timesteps[-1])
+
+    def forward(rows: int) -> None:
+        inputs = torch.zeros((rows, *x.shape[1:]), dtype=x.dtype, device=x.device)
+        t = torch.full((rows,), t_last, device=x.device)
         y = labels[:1].expand(rows).clone()
-        times = []
-        for _ in range(repeats + 1):  # the first call warms caches and is dropped
-            if x.device.type == "cuda":
-                torch.cuda.synchronize(x.device)
-            started = time.perf_counter()
-            model.head(model.features(inputs, t, y), t, y)
-            if x.device.type == "cuda":
-                torch.cuda.synchronize(x.device)
-            times.append(time.perf_counter() - started)
-        curve[rows] = statistics.median(times[1:])
-    return curve
+        model.head(model.features(inputs, t, y), t, y)
+
+    return time_calls(forward, row_counts, x.device, repeats)
 
 
 _measured: dict[tuple, dict[int, float]] = {}
@@ -63,3 +74,22 @@ def cached_batch_cost(denoiser: GuidedDenoiser, x: torch.Tensor, labels: torch.T
     if key not in _measured:
         _measured[key] = measure_batch_cost(denoiser, x, labels, row_counts)
     return dict(_measured[key])
+
+
+def cached_black_box_cost(key: object, call: Callable[[int], object], row_counts: list[int],
+                          device: torch.device | str = "cpu") -> BatchCostCurve:
+    """The cost curve of a black-box model (a ComfyUI MODEL) at `row_counts`, measured once per `key` in this process.
+
+    A large model's forward is expensive, so only the smallest and largest count and powers of two of the smallest
+    between them are timed (one warm-up and one timed call each); the rest is interpolated.
+    """
+    counts = sorted(set(row_counts))
+    full_key = (key, tuple(counts))
+    if full_key not in _measured:
+        timed, rows = [counts[-1]], counts[0]
+        while rows < counts[-1]:
+            timed.append(rows)
+            rows *= 2
+        curve = time_calls(call, timed, device, repeats=1)
+        _measured[full_key] = {rows: interpolate_cost(curve, rows) for rows in counts}
+    return dict(_measured[full_key])

@@ -29,6 +29,7 @@ from typing import Any, Callable
 
 import torch
 
+from .cost import cached_black_box_cost
 from .draft_length import DraftLengthPolicy
 from .rounds import check_options, run_rounds
 from .sampling import step_noise
@@ -188,11 +189,13 @@ def sample_free_euler_ancestral(
     mode: str = "strict",
     relax_strength: float = 0.0,
     stats_sink: list | None = None,
+    cost_key: object | None = None,
 ) -> torch.Tensor:
     """Speculative Euler-ancestral: frozen drafts, one batched verification call per round, maximal coupling.
 
     `callback` gets k-diffusion's dict after each round with `i` = the last step every sample has
-    committed, so a progress bar advances by the steps actually committed.
+    committed, so a progress bar advances by the steps actually committed. `cost_key` names the model for the
+    adaptive policy's cached cost curve (default: the model object's id).
     """
     extra_args = dict(extra_args or {})
     generator = _generator(extra_args, x)
@@ -203,8 +206,15 @@ def sample_free_euler_ancestral(
     n, total_steps = x.shape[0], len(sigmas) - 1
     sigmas = sigmas.to(x.device)
     stats = SamplingStats(f"free-euler-ancestral-{mode}", total_steps, n, draft_length=policy.label)
-    policy.start_run(n)  # a black-box model: no batch-cost curve (an adaptive K then assumes cost ~ rows)
     space = SigmaSpace(model, sigmas, extra_args, step, x)
+
+    def measure(row_counts: list[int]) -> dict[int, float]:
+        def call(rows: int) -> None:
+            model(x[:1].expand(rows, *x.shape[1:]).clone(), sigmas[:1].expand(rows).to(x), **extra_args)
+        key = (id(model) if cost_key is None else cost_key, str(x.device), x.dtype, tuple(x.shape[1:]))
+        return cached_black_box_cost(key, call, row_counts, x.device)
+
+    policy.start_run(n, measure)  # an adaptive K measures the model's cost curve once per model and shape
 
     def after_round(x_now: torch.Tensor, progress: torch.Tensor, stats_now: SamplingStats) -> None:
         if callback is not None:

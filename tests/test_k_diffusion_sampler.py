@@ -105,3 +105,14 @@ def test_inpainting_mask_is_refused_with_a_clear_message():
     x = torch.randn(2, 2, 1, 1, dtype=torch.float64)
     with pytest.raises(ValueError, match="denoise mask"):
         sample_free_euler_ancestral(MixtureDenoiser(2), x, sigmas, extra_args={"seed": 0, "denoise_mask": torch.ones_like(x)})
+
+
+def test_adaptive_draft_length_drafts_when_acceptance_is_high():
+    """The policy sees each round's acceptance and a measured cost curve of the black-box model, so it drafts."""
+    from free_core.draft_length import AdaptiveDraftLength
+
+    model = MixtureDenoiser(2, components=1)
+    _, stats = _run(sample_free_euler_ancestral, model, 2, seed=0, n=16, draft_length=AdaptiveDraftLength(max_length=6))
+    assert stats.acceptance_rate > 0.8
+    assert max(stats.draft_lengths) > 0 and stats.rounds < 20
+    assert stats.states_per_round and sum(stats.states_per_round) == stats.dit_states
