@@ -124,6 +124,7 @@ def run_speed(config: BenchConfig, model, drafters: dict, log) -> list[dict]:
                     "mean_advance": stats.mean_advance, "wall_time_s": wall, "wall_times_s": times,
                     "wall_clock_speedup": baseline_time / wall, "peak_memory_mb": peak,
                     "acceptance_per_step": stats.acceptance_per_step,
+                    "proposed_per_step": stats.proposed_per_step, "accepted_per_step": stats.accepted_per_step,
                     "advance_histogram": {str(k): v for k, v in sorted(stats.advance_histogram.items())},
                     "draft_lengths_chosen": stats.draft_lengths, "states_per_round": stats.states_per_round,
                 }

@@ -1,8 +1,12 @@
-"""The quick benchmark runs end to end and its JSON has every field the report needs."""
+"""The quick benchmark runs end to end, its JSON has every field the report needs, and its values are the ones
+its own counts imply: ratios against the same run's baseline, acceptance from the drafted/accepted counts, and
+quality rows scored on samples (far from what the same classifier says of pure noise)."""
 
 import json
+import statistics
 
 import pytest
+import torch
 
 from free_core.bench import merge_results
 from free_core.bench_report import _target_line, target_rows
@@ -13,6 +17,84 @@ SPEED_FIELDS = {"steps", "batch", "sampler", "drafter", "draft_length", "relax_s
                 "wall_clock_speedup", "peak_memory_mb", "acceptance_per_step", "advance_histogram",
                 "draft_lengths_chosen", "states_per_round"}
 QUALITY_FIELDS = {"sampler", "relax_strength", "steps", "fd", "class_accuracy", "n"}
+
+
+def _check_speed_values(results):
+    """Every speed row's numbers from its own counts and the same (steps, batch) baseline row."""
+    baselines = {(r["steps"], r["batch"]): r for r in results["speed"] if r["sampler"] == "baseline"}
+    assert len(baselines) == len(results["config"]["steps"]) * len(results["config"]["batches"])
+    for row in results["speed"]:
+        name = f"{row['sampler']}/{row['drafter']}/K={row['draft_length']} steps={row['steps']} batch={row['batch']}"
+        base = baselines[(row["steps"], row["batch"])]
+        steps, batch, calls = row["steps"], row["batch"], row["sequential_dit_calls"]
+        # Ratios are against the baseline of the same run and shape: its calls (one per step) and its wall time.
+        assert row["call_reduction"] == pytest.approx(base["sequential_dit_calls"] / calls, rel=1e-9), name
+        assert row["wall_time_s"] == pytest.approx(statistics.median(row["wall_times_s"]), rel=1e-9), name
+        assert row["wall_clock_speedup"] == pytest.approx(base["wall_time_s"] / row["wall_time_s"], rel=1e-9), name
+        # Acceptance is accepted / drafted, summed over the per-step counts; each per-step rate is its own ratio.
+        proposed, accepted = row["proposed_per_step"], row["accepted_per_step"]
+        assert len(proposed) == len(accepted) == steps, name
+        assert all(0 <= a <= p for a, p in zip(accepted, proposed)), name
+        assert row["acceptance"] == pytest.approx(sum(accepted) / sum(proposed) if sum(proposed) else 0.0, rel=1e-9), name
+        assert row["acceptance_per_step"] == [pytest.approx(a / p, rel=1e-9) if p else None
+                                              for a, p in zip(accepted, proposed)], name
+        # The advance histogram (steps advanced per sample per round): every sample advances through all steps,
+        # each round is one accepted prefix plus the one exact step, and the mean advance is its mean.
+        histogram = {int(k): v for k, v in row["advance_histogram"].items()}
+        assert min(histogram) >= 1 and all(v > 0 for v in histogram.values()), name
+        assert sum(k * v for k, v in histogram.items()) == steps * batch, name
+        assert sum((k - 1) * v for k, v in histogram.items()) == sum(accepted), name
+        assert row["mean_advance"] == pytest.approx(sum(k * v for k, v in histogram.items()) / sum(histogram.values()),
+                                                    rel=1e-9), name
+        assert sum(histogram.values()) <= calls * batch and (batch > 1 or sum(histogram.values()) == calls), name
+        # One verification forward per sequential call; its states add up to the states the DiT evaluated.
+        assert sum(row["states_per_round"]) == row["dit_states"], name
+        assert all(s >= 1 for s in row["states_per_round"]), name
+        if row["sampler"] == "baseline":
+            assert calls == steps and row["dit_states"] == steps * batch and histogram == {1: steps * batch}, name
+            assert row["acceptance"] == 0.0 and sum(proposed) == 0 and row["call_reduction"] == 1.0, name
+            continue
+        # A round advances every active sample by at least one step: never more calls than steps.
+        assert calls <= steps and row["call_reduction"] >= 1.0, name
+        if row["draft_length"] == "adaptive":
+            # Adaptive K reads a batch-cost curve measured in the run, so on a loaded CPU it may choose K=0
+            # (plain steps) every round: measured 17 to 20 calls of 20 for the same seed.
+            assert set(row["draft_lengths_chosen"]) <= set(range(9)), name
+            continue
+        assert row["draft_lengths_chosen"][1:] == [row["draft_length"]] * (calls - 1), name
+        assert sum(proposed) > 0, name
+        if row["drafter"] == "learned":
+            # At a fixed K the learned drafter gets drafts accepted even at the quick 20 steps (it was trained at
+            # 250): strictly fewer sequential DiT calls than steps. Measured (same seeds, every run): 19 calls at
+            # K=4 batch 1 (1 of 18 drafts accepted), 18 at batch 2.
+            assert calls < steps and row["call_reduction"] > 1.0 and sum(accepted) > 0, name
+
+
+def _check_quality_values(results):
+    """Sampled images score far better than pure N(0, 1) noise on the same classifier and reference features."""
+    from free_core.data import NUM_CLASSES
+    from free_core.eval import class_accuracy, classifier_features, frechet_distance, load_classifier, reference_features
+
+    config = results["config"]
+    n = config["quality_samples"]
+    classifier = load_classifier()
+    reference = reference_features(classifier, max(n, 500))  # the reference run_quality uses
+    noise = torch.randn((n, 3, 32, 32), generator=torch.Generator().manual_seed(2024))
+    noise_fd = frechet_distance(classifier_features(classifier, noise), reference)
+    noise_accuracy = class_accuracy(classifier, noise, torch.arange(n) % NUM_CLASSES)
+    # Measured at n=20: noise FD ~99 (seeds 0-4 and the bench's own x_T: 98.7-100.7), noise accuracy 0.1
+    # (everything lands in one class); samples at 20 steps: FD 3.7-4.6, accuracy 0.80-0.95.
+    assert noise_fd > 50 and noise_accuracy <= 0.2
+    chance = 1 / NUM_CLASSES
+    sampled = [r for r in results["quality"] if r["class_accuracy"] is not None]
+    assert {r["sampler"] for r in sampled} == set(config["quality_samplers"])
+    for row in sampled:
+        name = f"quality {row['sampler']} relax={row['relax_strength']}"
+        assert row["n"] == n and row["steps"] == config["quality_steps"], name
+        assert row["class_accuracy"] >= 5 * chance, f"{name}: accuracy {row['class_accuracy']} (noise {noise_accuracy})"
+        assert row["fd"] < noise_fd / 5, f"{name}: FD {row['fd']:.2f} vs pure noise {noise_fd:.2f}"
+    real = next(r for r in results["quality"] if r["class_accuracy"] is None)
+    assert real["n"] == n and real["fd"] < noise_fd / 5  # the FD floor of real images at this n
 
 
 def test_quick_bench_writes_json_with_every_field(tmp_path):
@@ -29,8 +111,10 @@ def test_quick_bench_writes_json_with_every_field(tmp_path):
         assert row["sequential_dit_calls"] == len(row["states_per_round"])
     baseline = next(r for r in results["speed"] if r["sampler"] == "baseline")
     assert baseline["wall_clock_speedup"] == 1.0 and baseline["sequential_dit_calls"] == baseline["steps"]
+    _check_speed_values(results)
     for row in results["quality"]:
         assert QUALITY_FIELDS <= set(row)
+    _check_quality_values(results)
     assert all(p["projected_speedup"] > 0 for p in results["gpu_projection"]["rows"])
     report = (tmp_path / "docs" / "benchmarks.md").read_text()
     assert "wall-clock speedup" in report and "GPU projection" in report and "## Targets" in report

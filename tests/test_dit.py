@@ -1,5 +1,10 @@
 """The DiT loads the official checkpoints' layout and its forward splits at the top block."""
 
+import pickle
+import re
+import traceback
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -95,11 +100,103 @@ def test_safetensors_and_weights_only_pt_round_trip(tmp_path):
     assert loaded.weights_fingerprint == from_pt.weights_fingerprint
 
 
-class NotWeights:
-    """An arbitrary pickled object: weights_only loading must refuse to build it."""
+class CreatesFileWhenUnpickled:
+    """A pickle payload: unpickling it calls open(path, "w"), which creates `path`. Loading with
+    weights_only=True refuses the global before calling it; weights_only=False would create the file."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
 
 
-def test_pickled_objects_are_refused(tmp_path):
-    torch.save({"model": NotWeights()}, tmp_path / "evil.pt")
-    with pytest.raises(ValueError, match="weights_only"):
-        load_dit(tmp_path / "evil.pt")
+def _payload_file(path, sentinel):
+    torch.save({"model": {"w": torch.zeros(2)}, "payload": CreatesFileWhenUnpickled(sentinel)}, path)
+    assert not sentinel.exists()
+    return path
+
+
+def _refused_without_running(sentinel, load, match):
+    """`load()` raises an error matching `match`, and the payload's file was never created."""
+    with pytest.raises(Exception) as info:
+        load()
+    assert not sentinel.exists(), f"the pickle payload ran (created {sentinel.name}): the file was unpickled unsafely"
+    assert re.search(match, str(info.value), re.DOTALL), f"{type(info.value).__name__}: {info.value}"
+    return info.value
+
+
+def _raised_at(error, source):
+    """Whether `error` came through a free_core line containing `source` (which torch.load refused)."""
+    return any(source in (frame.line or "") for frame in traceback.extract_tb(error.__traceback__)
+               if "free_core" in frame.filename)
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".pth", ".ckpt", ".bin"])
+def test_pickled_code_is_refused_before_it_runs_by_load_dit(tmp_path, suffix):
+    sentinel = tmp_path / "payload_ran"
+    path = _payload_file(tmp_path / f"evil{suffix}", sentinel)
+    error = _refused_without_running(sentinel, lambda: load_dit(path), r"weights_only=True.*convert it to safetensors")
+    assert isinstance(error, ValueError)
+    # A plain nested state dict (no payload) in the same layout still loads through the same path.
+    state = _small_model().state_dict()
+    torch.save({"model": state}, tmp_path / f"plain{suffix}")
+    loaded = load_dit(tmp_path / f"plain{suffix}").state_dict()
+    assert loaded.keys() == state.keys() and all(torch.equal(loaded[k], state[k]) for k in state)
+
+
+def test_pickle_renamed_to_safetensors_is_refused_before_it_runs(tmp_path):
+    from free_core.drafter import load_drafter
+
+    sentinel = tmp_path / "payload_ran"
+    path = _payload_file(tmp_path / "evil.safetensors", sentinel)
+    _refused_without_running(sentinel, lambda: load_dit(path), r"header")  # safetensors' own parse error
+    _refused_without_running(sentinel, lambda: load_drafter(path, _small_model()), r"header")
+
+
+def test_the_payload_is_live(tmp_path):
+    """The control: an unsafe torch.load of the same payload file does create the file."""
+    sentinel = tmp_path / "payload_ran"
+    obj = torch.load(_payload_file(tmp_path / "evil.pt", sentinel), weights_only=False)
+    obj["payload"].close()
+    assert sentinel.exists()
+
+
+def test_drafter_loader_refuses_pt_files_before_reading_them(tmp_path):
+    from free_core.drafter import load_drafter
+
+    sentinel = tmp_path / "payload_ran"
+    path = _payload_file(tmp_path / "drafter.pt", sentinel)
+    error = _refused_without_running(sentinel, lambda: load_drafter(path, _small_model()), r"stored as \.safetensors")
+    assert isinstance(error, ValueError)
+
+
+def test_training_resume_files_are_read_with_weights_only(tmp_path):
+    """The resumable state and trajectory caches in a run directory are .pt files too: a planted payload never runs.
+    (These raise torch's own UnpicklingError naming weights_only, not the loaders' ValueError.)"""
+    from free_core.train_dit import DiTTrainConfig, train_dit
+    from free_core.train_drafter import DrafterTrainConfig, train_drafter
+
+    sentinel = tmp_path / "payload_ran"
+    dit_run = tmp_path / "dit_run"
+    dit_run.mkdir()
+    _payload_file(dit_run / "train_state.pt", sentinel)
+    error = _refused_without_running(sentinel, lambda: train_dit(DiTTrainConfig(out=str(dit_run), steps=1, device="cpu")),
+                                     "weights_only")
+    assert isinstance(error, pickle.UnpicklingError) and _raised_at(error, "torch.load(resume_path")
+
+    dit = _small_model()
+    cfg = DrafterTrainConfig(out=str(tmp_path / "drafter_run"), sampling_steps=(2,), trajectories=1, cfg_scales=(1.0,),
+                             train_steps=1, device="cpu")
+    Path(cfg.out).mkdir()
+    cache = Path(cfg.out) / "trajectories_unknown_cfg1_steps2_n1_rank0_seed0.pt"  # the name _collect_or_load reads
+    _payload_file(cache, sentinel)
+    error = _refused_without_running(sentinel, lambda: train_drafter(cfg, dit=dit), "weights_only")
+    assert isinstance(error, pickle.UnpicklingError) and _raised_at(error, "torch.load(cache")
+    features = torch.randn(1, 2, 2, dit.num_tokens, dit.hidden_size).half()
+    torch.save({"states": torch.zeros(1, 2, 3, 32, 32).half(), "features": features, "labels": torch.zeros(1, dtype=torch.long)},
+               cache)
+    _payload_file(Path(cfg.out) / "drafter_state_rank0.pt", sentinel)
+    error = _refused_without_running(sentinel, lambda: train_drafter(cfg, dit=dit), "weights_only")
+    assert isinstance(error, pickle.UnpicklingError)
+    assert _raised_at(error, "torch.load(resume_path")
