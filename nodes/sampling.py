@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import logging
+import time
 
 import torch
 
+import comfy.k_diffusion.sampling
 import comfy.model_management
+import comfy.model_sampling
 import comfy.samplers
 import comfy.utils
 
+from ..free_core.batch_conditioning import refuse_row_dependent_conditioning
 from ..free_core.checkpoints import EMBEDDED_CFG_SCALE
 from ..free_core.generate import DRAFT_POLICIES, SAMPLER_MODES, draft_length_policy, generate
-from ..free_core.k_diffusion_sampler import sample_euler_ancestral, sample_free_euler_ancestral
+from ..free_core.k_diffusion_sampler import AncestralStep, sample_free_euler_ancestral
+from ..free_core.stats import SamplingStats
 from .comfy_model import free_dit_of, labels_from_conditioning
 
 MODE_TOOLTIP = "strict: exactly the plain sampler's law; relax: faster, approximate; off: plain ancestral baseline"
@@ -88,33 +93,82 @@ class FREEKSampler:
 
 
 class FREESampler:
-    """A SAMPLER for SamplerCustom / SamplerCustomAdvanced: speculative Euler-ancestral with frozen drafts (any model)."""
+    """A SAMPLER for SamplerCustom / SamplerCustomAdvanced: speculative euler_ancestral with frozen drafts (any model).
+
+    Its plain law is core euler_ancestral's, with the same eta and s_noise: the variance-exploding step, or the
+    rectified-flow step on flow models (Flux, SD3, Wan, ...). Mode off runs core euler_ancestral itself."""
 
     DESCRIPTION = __doc__  # shown by the ComfyUI frontend
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": dict(DRAFT_INPUTS)}
+        return {"required": {
+            **DRAFT_INPUTS,
+            "eta": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 100.0, "step": 0.01, "round": False,
+                              "tooltip": "euler_ancestral's eta (noise per step); FREE needs eta > 0"}),
+            "s_noise": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 100.0, "step": 0.01, "round": False,
+                                  "tooltip": "euler_ancestral's s_noise; FREE needs s_noise > 0"}),
+        }}
 
     RETURN_TYPES = ("SAMPLER",)
     FUNCTION = "get_sampler"
     CATEGORY = "FREE"
 
-    def get_sampler(self, mode: str, draft_length: int, draft_policy: str, relax_strength: float):
+    def get_sampler(self, mode: str, draft_length: int, draft_policy: str, relax_strength: float, eta: float = 1.0,
+                    s_noise: float = 1.0):
         if mode == "off":
-            return (comfy.samplers.KSAMPLER(_logged(sample_euler_ancestral)),)
+            return (comfy.samplers.KSAMPLER(_core_euler_ancestral, extra_options={"eta": eta, "s_noise": s_noise}),)
+        AncestralStep(eta=eta, s_noise=s_noise).check_stochastic()  # before any model runs
         options = {"draft_length": draft_length_policy(draft_length, draft_policy), "mode": mode,
-                   "relax_strength": relax_strength if mode == "relax" else 0.0}
-        return (comfy.samplers.KSAMPLER(_logged(sample_free_euler_ancestral), extra_options=options),)
+                   "relax_strength": relax_strength if mode == "relax" else 0.0, "eta": eta, "s_noise": s_noise}
+        return (comfy.samplers.KSAMPLER(_free_euler_ancestral, extra_options=options),)
 
 
-def _logged(sampler):
-    """The sampler, logging its statistics after each run (SamplerCustom has no output for them)."""
+def base_model(model):
+    """The BaseModel inside the k-diffusion model wrapper (KSamplerX0Inpaint -> guider -> BaseModel)."""
+    inner = model
+    while inner is not None and not hasattr(inner, "model_sampling"):
+        inner = getattr(inner, "inner_model", None)
+    return inner
 
-    def run(model, x, sigmas, extra_args=None, callback=None, disable=None, **options):
-        sink: list = []
-        out = sampler(model, x, sigmas, extra_args=extra_args, callback=callback, disable=disable, stats_sink=sink, **options)
-        logging.info("FREE Sampler\n%s", sink[0].summary(), extra={"free_stats": sink[0].to_dict()})
-        return out
 
-    return run
+def is_flow_model(model) -> bool:
+    """Whether the k-diffusion model wrapper holds a rectified-flow (CONST) model, found the way core finds it."""
+    const = getattr(comfy.model_sampling, "CONST", None)  # absent from ComfyUI before SD3 support
+    inner = base_model(model)
+    return const is not None and inner is not None and isinstance(inner.model_sampling, const)
+
+
+def processed_conds(model, extra_args: dict | None) -> list:
+    """The cond lists of a run: in extra_args (ComfyUI 2024) or on the guider inside the model wrapper (current)."""
+    extra_args = extra_args or {}
+    guider_conds = getattr(getattr(model, "inner_model", None), "conds", None)
+    return [extra_args.get("cond"), extra_args.get("uncond"), *(guider_conds.values() if isinstance(guider_conds, dict) else [])]
+
+
+def _free_euler_ancestral(model, x, sigmas, extra_args=None, callback=None, disable=None, eta=1.0, s_noise=1.0, **options):
+    refuse_row_dependent_conditioning(processed_conds(model, extra_args))  # before any model call
+    step = AncestralStep(flow=is_flow_model(model), eta=eta, s_noise=s_noise)
+    sink: list = []
+    out = sample_free_euler_ancestral(model, x, sigmas, extra_args=extra_args, callback=callback, disable=disable,
+                                      step=step, stats_sink=sink, cost_key=id(base_model(model)), **options)
+    _log(sink[0])
+    return out
+
+
+def _core_euler_ancestral(model, x, sigmas, extra_args=None, callback=None, disable=None, **options):
+    """Core euler_ancestral itself (its rectified-flow form on flow models), with the run's statistics logged."""
+    stats = SamplingStats("euler-ancestral (core)", len(sigmas) - 1, x.shape[0])
+    started = time.perf_counter()
+    out = comfy.k_diffusion.sampling.sample_euler_ancestral(model, x, sigmas, extra_args=extra_args, callback=callback,
+                                                            disable=disable, **options)
+    for _ in range(len(sigmas) - 1):
+        stats.record_round(states=x.shape[0], rows=x.shape[0], advances=torch.ones(x.shape[0], dtype=torch.long))
+    stats.wall_time_s = time.perf_counter() - started
+    _log(stats)
+    return out
+
+
+def _log(stats: SamplingStats) -> None:
+    """SamplerCustom has no output for a sampler's statistics: they go to the log (and the tests read them there)."""
+    logging.info("FREE Sampler\n%s", stats.summary(), extra={"free_stats": stats.to_dict()})
