@@ -18,16 +18,24 @@ def test_shipped_classifier_recognises_real_images():
 
 
 def test_shipped_dit_draws_the_requested_classes_with_the_shipped_drafter():
+    """Class accuracy with a margin, and the drafter's advance per round inside the band it has on this model.
+
+    n = 40 (4 per class), 100 steps, strict, seed 0. Unmodified code, seeds 0-4: accuracy 0.750 / 0.850 / 0.750 /
+    0.850 / 0.850, mean advance 2.44 / 2.42 / 2.42 / 2.50 / 2.44 steps per round. The bounds sit 2.3 standard errors
+    below the worst accuracy (SE ~0.065 at n = 40) and well outside the advance seen. Mutants (seeds 0 and 1): CFG
+    rows swapped draws anti-guided images, accuracy 0.100 / 0.125; a drafter handed the noise of the transition it
+    drafts keeps accuracy 0.80 / 0.80 but advances 5.80 / 5.84 steps per round (it accepts almost everything). A
+    posterior-variance table shifted by one step passes here (seed 0: 0.775, 2.45): tests/test_shared_math.py
+    catches it. Class accuracy cannot separate 0.8 from 0.7 at an affordable n; the exact-law tests
+    (tests/test_exact_law.py, tests/test_round.py) are what catches inexactness.
+    """
     model = load_embedded_dit()
     drafter = load_drafter(EMBEDDED_DRAFTER, model)
     denoiser = GuidedDenoiser(model, GaussianDiffusion.respaced(100), cfg_scale=EMBEDDED_CFG_SCALE)
     g = torch.Generator().manual_seed(0)
-    labels = torch.arange(2 * NUM_CLASSES) % NUM_CLASSES
+    labels = torch.arange(4 * NUM_CLASSES) % NUM_CLASSES
     x = initial_noise((labels.numel(), 3, 32, 32), g)
     images, stats = sample_speculative(denoiser, drafter, x, labels, g, draft_length=6)
     assert torch.isfinite(images).all()
-    assert stats.mean_advance > 1.5
-    # Chance is 0.1; the issue's target is 0.8. This seed gives 0.85; seeds 1-5 give 0.75, 0.85, 0.80, 0.75, 0.70
-    # (mean 0.78 over the six): 20 samples cannot resolve 0.8 from 0.78. The measurement is the model card's
-    # n = 500 runs at 250 steps (baseline 0.796, strict 0.834, same law; the previous DiT gave 0.70 there).
-    assert class_accuracy(load_classifier(), images, labels) >= 0.8
+    assert 1.8 < stats.mean_advance < 3.5, stats.mean_advance
+    assert class_accuracy(load_classifier(), images, labels) >= 0.6
