@@ -102,8 +102,7 @@ class FREESampler:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {
-            **DRAFT_INPUTS,
+        return {"required": dict(DRAFT_INPUTS), "optional": {  # optional: graphs saved before they existed still load
             "eta": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 100.0, "step": 0.01, "round": False,
                               "tooltip": "euler_ancestral's eta (noise per step); FREE needs eta > 0"}),
             "s_noise": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 100.0, "step": 0.01, "round": False,
