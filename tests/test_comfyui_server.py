@@ -10,6 +10,7 @@ import socket
 import subprocess
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -17,13 +18,27 @@ import pytest
 import torch
 
 from comfyui.ui_to_api import convert, node_defs_from_object_info
-from comfyui.workflow_files import MICRO_DIT, embedded_weights_present, load_workflow
+from comfyui.workflow_files import (CLASS_FRACTION_FLOOR, IMAGE_STD_FLOOR, MICRO_DIT, embedded_weights_present,
+                                    load_workflow)
 from comfyui_trees import REPO, TREE_NAMES, tree_for
 from free_core.checkpoints import save_dit
 from free_core.dit import DiT, dit_config
+from free_core.eval import class_accuracy, load_classifier
 
 STARTUP_TIMEOUT_S = 180
 RUN_TIMEOUT_S = 300
+# Page errors that are not ours, by exact (kind, message, URL path); any other fails the browser test.
+NOT_FOUND = "Failed to load resource: the server responded with a status of 404 (Not Found)"
+ALLOWED_PAGE_ERRORS = {
+    # Chromium asks for /favicon.ico by itself; the 2024 ComfyUI serves none.
+    ("console.error", NOT_FOUND, "/favicon.ico"),
+    # The current frontend probes a fresh user's optional files (user.css, the saved-workflows folder, the templates
+    # index); the server answers 404 for each while the user has none, and the frontend carries on.
+    ("console.error", NOT_FOUND, "/api/userdata/user.css"),
+    ("console.error", NOT_FOUND, "/user.css"),
+    ("console.error", NOT_FOUND, "/api/userdata"),
+    ("console.error", NOT_FOUND, "/api/userdata/comfy.templates.json"),
+}
 
 
 class Server:
@@ -69,7 +84,13 @@ def server(request, tmp_path_factory):
     (work / "custom_nodes" / "ComfyUI-FREE").symlink_to(REPO, target_is_directory=True)
     for folder in ("output", "input", "user/default"):
         (work / folder).mkdir(parents=True)
-    (work / "user" / "default" / "comfy.settings.json").write_text(json.dumps({"Comfy.TutorialCompleted": True}))
+    (work / "user" / "default" / "comfy.settings.json").write_text(json.dumps({
+        "Comfy.TutorialCompleted": True,
+        # The current frontend (1.27) registers Comfy.Canvas.NavigationMode, whose onChange sets these two before they
+        # are registered: with a fresh user that throws "Cannot read properties of undefined (reading 'id')" in its
+        # setting store. Their legacy values, stored, make those sets no-ops (the 2024 UI ignores them).
+        "Comfy.Canvas.LeftMouseClickBehavior": "panning", "Comfy.Canvas.MouseWheelScroll": "zoom",
+    }))
     paths = work / "extra_model_paths.yaml"
     paths.write_text(
         "free_tests:\n"
@@ -130,11 +151,24 @@ def test_embedded_workflow_through_post_prompt_and_get_history(server):
     stats_id = next(k for k, v in prompt.items() if v["class_type"] == "FREEStats")
     images = entry["outputs"][save_id]["images"]
     assert len(images) == 8  # one file per batch item
-    png = server.get(f"/view?filename={images[0]['filename']}&subfolder={images[0]['subfolder']}&type=output")
-    image = Image.open(io.BytesIO(png))
-    assert image.size == (128, 128) and image.mode == "RGB"
+    pixels = []
+    for saved in images:
+        png = server.get(f"/view?filename={saved['filename']}&subfolder={saved['subfolder']}&type=output")
+        image = Image.open(io.BytesIO(png))
+        assert image.size == (128, 128) and image.mode == "RGB"
+        pixels.append(torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8).reshape(128, 128, 3))
+    pixels = torch.stack(pixels).float() / 255  # (8, 128, 128, 3) in [0, 1]
     summary = entry["outputs"][stats_id]["text"][0]
     assert "DiT calls saved" in summary and "free-strict" in summary
+    # Values, not only sizes: the floors and what they were measured on are in tests/comfyui/workflow_files.py.
+    std = pixels.flatten(1).std(1)
+    assert std.min() > IMAGE_STD_FLOOR, f"the saved images are (nearly) constant: per-image std {std.tolist()}"
+    if embedded_weights_present():  # FREE Decode repeats each pixel 4x4: every 4th pixel is the 32x32 sample
+        samples = pixels[:, ::4, ::4].permute(0, 3, 1, 2) * 2 - 1
+        label = next(v for v in prompt.values() if v["class_type"] == "FREEClassLabel")["inputs"]["class_name"]
+        fraction = class_accuracy(load_classifier(), samples, torch.full((8,), int(label.split()[0])))
+        assert fraction >= CLASS_FRACTION_FLOOR, (
+            f"the classifier found {label!r} in only {fraction:.3f} of the saved images")
 
 
 def test_web_ui_loads_queues_and_shows_the_embedded_workflow(server):
@@ -159,8 +193,16 @@ def test_web_ui_loads_queues_and_shows_the_embedded_workflow(server):
             "--disable-component-update", "--disable-sync"])
         try:
             page = browser.new_page(viewport={"width": 1600, "height": 900})
-            errors: list[str] = []
-            page.on("pageerror", lambda error: errors.append(str(error)))
+            errors: list[tuple[str, str, str]] = []  # (kind, message, URL path): ANY page error fails the test
+            stacks: list[str] = []  # the uncaught exceptions' stacks, for the failure message
+
+            def on_page_error(error) -> None:
+                errors.append(("pageerror", error.message, ""))
+                stacks.append(error.stack or "")
+
+            page.on("pageerror", on_page_error)
+            page.on("console", lambda message: message.type == "error" and errors.append(
+                ("console.error", message.text, urllib.parse.urlsplit(message.location.get("url") or "").path)))
             page.goto(server.url + "/")
             page.wait_for_function("() => window.app && window.app.graph && window.LiteGraph", timeout=120_000)
             page.evaluate("async (workflow) => { await window.app.loadGraphData(workflow); }", workflow)
@@ -183,4 +225,5 @@ def test_web_ui_loads_queues_and_shows_the_embedded_workflow(server):
             browser.close()
     assert len(sources) == 8 and all("FREE_embedded" in src for src in sources), sources
     assert screenshot.stat().st_size > 10_000
-    assert not [e for e in errors if "FREE" in e], errors
+    unexpected = [error for error in errors if error not in ALLOWED_PAGE_ERRORS]
+    assert not unexpected, "page errors:\n" + "\n".join(map(repr, unexpected)) + "\nstacks:\n" + "\n".join(stacks)

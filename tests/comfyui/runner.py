@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import inspect
 import json
 import logging
@@ -133,6 +134,7 @@ class Runner:
         logging.getLogger().addHandler(self.stats_log)
         logging.getLogger().setLevel(min(logging.getLogger().level or logging.INFO, logging.INFO))
         self.substitutions = self._write_models(pack)
+        self._classifier = None
 
     # ------------------------------------------------------------------ models
     def _write_models(self, pack: Path) -> list[str]:
@@ -199,6 +201,34 @@ class Runner:
                             "traceback": e.get("traceback", [])[-4:]} for e in errors],
                 "seconds": time.perf_counter() - started}
 
+    def verdicts(self, result: dict, prompt: dict) -> dict:
+        """The shipped classifier's verdicts on every FREE KSampler latent of the embedded DiT (pixels in [-1, 1]).
+
+        {node id: {"requested", "predictions", "fraction"}}; empty without the embedded weights (random stand-ins
+        draw no classes) or when the run failed.
+        """
+        if not self.embedded_present or not result.get("success"):
+            return {}
+        import torch
+
+        verdicts = {}
+        for node_id, node in prompt.items():
+            if node["class_type"] != "FREEKSampler":
+                continue
+            loader, label = prompt[node["inputs"]["model"][0]], prompt[node["inputs"]["positive"][0]]
+            if loader["class_type"] != "FREEDiTLoader" or loader["inputs"]["dit_name"] != "embedded":
+                continue
+            index = label["inputs"]["class_index"]
+            requested = index if index >= 0 else int(label["inputs"]["class_name"].split()[0])
+            if self._classifier is None:
+                self._classifier = importlib.import_module(self.free_core.__package__ + ".eval").load_classifier()
+            with torch.no_grad():
+                predictions = self._classifier(_samples(result["raw"][node_id][0][0]).float().cpu()).argmax(1).tolist()
+            verdicts[node_id] = {"seed": node["inputs"]["seed"], "mode": node["inputs"]["mode"], "requested": requested,
+                                 "predictions": predictions,
+                                 "fraction": sum(p == requested for p in predictions) / len(predictions)}
+        return verdicts
+
     def run_all(self, only: list[str]) -> dict:
         scenarios = {
             "workflows": self.scenario_workflows,
@@ -225,7 +255,8 @@ class Runner:
         results = {}
         for name in workflow_names(Path(self.pack_module.__file__).parent / "workflows"):
             prompt = self.convert(self._workflow(name))
-            results[name] = _summarize(self.execute(prompt), prompt)
+            result = self.execute(prompt)
+            results[name] = {**_summarize(result, prompt), "classifier": self.verdicts(result, prompt)}
         return results
 
     def scenario_determinism_and_interrupt(self) -> dict:
@@ -243,12 +274,20 @@ class Runner:
         outputs_after = _files(self.work / "output") + _files(self.work / "temp")
         self.interrupt_at = None
         after = self.execute(prompt)
-        latent = lambda result: result["raw"][sampler_id][0][0]["samples"]  # noqa: E731
+        other_prompt = {k: {**v, "inputs": dict(v["inputs"])} for k, v in prompt.items()}
+        other_prompt[sampler_id]["inputs"]["seed"] = prompt[sampler_id]["inputs"]["seed"] + 1
+        other = self.execute(other_prompt)
+        latent = lambda result: _samples(result["raw"][sampler_id][0][0])  # noqa: E731
         import torch
 
         return {
             "first": _summarize(first, prompt), "second_success": second["success"],
             "same_seed_same_bits": bool(torch.equal(latent(first), latent(second))),
+            "seeds": [prompt[sampler_id]["inputs"]["seed"], other_prompt[sampler_id]["inputs"]["seed"]],
+            "other_seed": _summarize(other, other_prompt),
+            "other_seed_mean_abs_diff": _mean_abs_diff(latent(first), latent(other)) if other["success"] else None,
+            "classifier": [self.verdicts(first, prompt).get(sampler_id),
+                           self.verdicts(other, other_prompt).get(sampler_id)],
             "progress": progress,
             "interrupted_success": interrupted["success"], "interrupted_events": interrupted["events"],
             "new_files_after_interrupt": sorted(set(outputs_after) - set(outputs_before)),
@@ -279,6 +318,8 @@ class Runner:
             result = self.execute(prompt)
             results[f"SamplerCustom_{mode}"] = {**_summarize(result, prompt), "progress": [p for p in self.progress if p[1] == 30],
                                                 "sampler_stats": list(self.stats_log.runs)}
+            if mode == "strict":
+                results["FREE_Sampler_own_seed"] = self._free_sampler_own_seed(prompt)
         prompt = dict(base)
         prompt["ksampler"] = {"class_type": "KSampler", "inputs": {
             "model": ["dit", 0], "seed": 1, "steps": 10, "cfg": 3.0, "sampler_name": "euler", "scheduler": "normal",
@@ -297,6 +338,24 @@ class Runner:
             prompt["preview"] = {"class_type": "PreviewImage", "inputs": {"images": ["decode", 0]}}
             results["SamplerCustomAdvanced_relax"] = _summarize(self.execute(prompt), prompt)
         return results
+
+    def _free_sampler_own_seed(self, prompt: dict) -> dict:
+        """SamplerCustom without ComfyUI's initial noise (add_noise off): the samples are random only through FREE
+        Sampler's own generator, which ComfyUI seeds with noise_seed (extra_args["seed"]). Seeds 5, 5, 6; 10 steps."""
+        import torch
+
+        latents, summaries = [], []
+        for seed in (5, 5, 6):
+            run = {k: {**v, "inputs": dict(v["inputs"])} for k, v in prompt.items()}
+            run["custom"]["inputs"].update(add_noise=False, noise_seed=seed)
+            run["sigmas"]["inputs"]["steps"] = 10
+            result = self.execute(run)
+            summaries.append(_summarize(result, run))
+            latents.append(_samples(result["raw"]["custom"][0][0]) if result["success"] else None)
+        ok = all(latent is not None for latent in latents)
+        return {"runs": summaries,
+                "same_seed_same_bits": ok and bool(torch.equal(latents[0], latents[1])),
+                "other_seed_mean_abs_diff": _mean_abs_diff(latents[0], latents[2]) if ok else None}
 
     def scenario_train_drafter(self) -> dict:
         """Train a drafter for the micro DiT in the executor, load it back, sample with it; interrupt a second training."""
@@ -400,6 +459,15 @@ def _cached(entry):
     return getattr(entry, "outputs", entry)
 
 
+def _samples(latent):
+    """A LATENT output's samples (a dict with "samples", or the tensor itself)."""
+    return latent["samples"] if isinstance(latent, dict) else latent
+
+
+def _mean_abs_diff(a, b) -> float:
+    return float((a.float() - b.float()).abs().mean()) if a.shape == b.shape else float("inf")
+
+
 def _files(folder: Path) -> list[str]:
     return [str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()] if folder.is_dir() else []
 
@@ -409,9 +477,12 @@ def _describe(value):
 
     if isinstance(value, torch.Tensor):
         finite = bool(torch.isfinite(value).all())
+        batched = finite and value.ndim == 4 and value[0].numel() > 1
         return {"kind": "tensor", "shape": list(value.shape), "finite": finite,
                 "min": float(value.min()) if value.numel() and finite else None,
-                "max": float(value.max()) if value.numel() and finite else None}
+                "max": float(value.max()) if value.numel() and finite else None,
+                # per batch item: the std of its values (an IMAGE's pixels, a LATENT's entries); 0 = a constant image
+                "item_std": [float(v) for v in value.float().flatten(1).std(1)] if batched else None}
     if isinstance(value, dict) and isinstance(value.get("samples"), torch.Tensor):
         return {"kind": "latent", **_describe(value["samples"])}
     if hasattr(value, "to_dict") and hasattr(value, "acceptance_rate"):
