@@ -197,3 +197,25 @@ def test_user_errors_name_the_problem(report):
     assert error["node_type"] == "FREEClassLabel" and "ImageNet class" in error["message"]
     (error,) = cases["sd_latent_on_pixel_model"]["errors"]
     assert error["node_type"] == "FREEKSampler" and "FREE Empty Latent" in error["message"]
+
+
+def test_free_sampler_mode_off_is_core_euler_ancestral_and_strict_runs_on_eps_and_flow_const_models(report):
+    """Mode off gives core euler_ancestral's latent bit for bit (its rectified-flow form on the CONST model), and strict
+    samples on both families with the matching transition (its law is tested in tests/test_exact_law.py)."""
+    scenario = report["scenarios"]["sampler_law"]
+    families = ["eps"] + (["flow_const"] if report["tree"] == "current" else [])  # the 2024 tree has no CONST sampling
+    assert sorted(k for k in scenario if k != "timestep_range_strict") == sorted(families)
+    for family in families:
+        for run in ("core", "off", "strict"):
+            _ok(scenario[family][run])
+        assert scenario[family]["off_equals_core"], f"{family}: FREE Sampler mode off differs from core euler_ancestral"
+        (stats,) = scenario[family]["strict_stats"]
+        assert stats["sampler"] == "free-euler-ancestral-strict" and stats["num_steps"] == 12
+        assert stats["rounds"] <= 12 and stats["dit_states"] >= stats["rounds"] * 2
+
+
+def test_free_sampler_refuses_a_timestep_range_by_name(report):
+    refused = report["scenarios"]["sampler_law"]["timestep_range_strict"]
+    assert refused["success"] is False
+    (error,) = refused["errors"]
+    assert "timestep range" in error["message"] and "use mode off" in error["message"]

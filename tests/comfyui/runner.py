@@ -236,6 +236,7 @@ class Runner:
             "core_samplers": self.scenario_core_samplers,
             "train_drafter": self.scenario_train_drafter,
             "errors": self.scenario_errors,
+            "sampler_law": self.scenario_sampler_law,
         }
         report = {"tree": "current" if self.is_async else "2024", "substitutions": self.substitutions,
                   "embedded_present": self.embedded_present, "timings": self.timings, "scenarios": {}}
@@ -294,6 +295,54 @@ class Runner:
             "rerun_after_interrupt_success": after["success"],
             "rerun_after_interrupt_same_bits": bool(after["success"] and torch.equal(latent(first), latent(after))),
         }
+
+    def scenario_sampler_law(self) -> dict:
+        """FREE Sampler's plain law is core euler_ancestral's: mode off gives core's latent bit for bit, on the FREE DiT
+        (EPS) and, where the tree has it, on the same DiT under ModelSamplingSD3 (a rectified-flow CONST model); strict
+        runs on both; a timestep range in the conditioning is refused by name."""
+        import torch
+
+        dit_name = "embedded" if self.embedded_present else "dit_micro_random.safetensors"
+
+        def graph(sampler: dict, flow: bool, positive=("label", 0)) -> dict:
+            prompt = {
+                "dit": {"class_type": "FREEDiTLoader", "inputs": {"dit_name": dit_name}},
+                "label": {"class_type": "FREEClassLabel", "inputs": {"model": ["dit", 0], "class_name": "1 square [embedded]", "class_index": -1}},
+                "latent": {"class_type": "FREEEmptyLatent", "inputs": {"model": ["dit", 0], "batch_size": 2}},
+                "sampler": sampler,
+            }
+            model = ["dit", 0]
+            if flow:
+                prompt["flow"] = {"class_type": "ModelSamplingSD3", "inputs": {"model": ["dit", 0], "shift": 3.0}}
+                model = ["flow", 0]
+            prompt["sigmas"] = {"class_type": "BasicScheduler", "inputs": {"model": model, "scheduler": "simple", "steps": 12, "denoise": 1.0}}
+            prompt["custom"] = {"class_type": "SamplerCustom", "inputs": {
+                "model": model, "add_noise": True, "noise_seed": 11, "cfg": 2.0, "positive": list(positive),
+                "negative": ["label", 1], "sampler": ["sampler", 0], "sigmas": ["sigmas", 0], "latent_image": ["latent", 0]}}
+            prompt["decode"] = {"class_type": "FREEDecode", "inputs": {"samples": ["custom", 0], "scale": 1}}
+            prompt["preview"] = {"class_type": "PreviewImage", "inputs": {"images": ["decode", 0]}}
+            return prompt
+
+        core = {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler_ancestral"}}
+        free = lambda mode: {"class_type": "FREESampler", "inputs": {"mode": mode, "draft_length": 4, "draft_policy": "fixed",  # noqa: E731
+                                                                     "relax_strength": 0.0}}
+        latent = lambda result: result["raw"]["custom"][0][0]["samples"]  # noqa: E731
+        results = {}
+        for family in ["eps"] + (["flow_const"] if "ModelSamplingSD3" in self.nodes.NODE_CLASS_MAPPINGS else []):
+            flow = family == "flow_const"
+            core_run, off_run = self.execute(graph(core, flow)), self.execute(graph(free("off"), flow))
+            self.stats_log.runs.clear()
+            strict_run = self.execute(graph(free("strict"), flow))
+            results[family] = {
+                "core": _summarize(core_run, graph(core, flow)), "off": _summarize(off_run, graph(free("off"), flow)),
+                "strict": _summarize(strict_run, graph(free("strict"), flow)),
+                "off_equals_core": bool(core_run["success"] and off_run["success"] and torch.equal(latent(core_run), latent(off_run))),
+                "strict_stats": list(self.stats_log.runs),
+            }
+        ranged = graph(free("strict"), flow=False, positive=("ranged", 0))
+        ranged["ranged"] = {"class_type": "ConditioningSetTimestepRange", "inputs": {"conditioning": ["label", 0], "start": 0.0, "end": 0.5}}
+        results["timestep_range_strict"] = _summarize(self.execute(ranged), ranged)
+        return results
 
     def scenario_core_samplers(self) -> dict:
         """FREE Sampler in SamplerCustom (and SamplerCustomAdvanced where it exists), core KSampler on a FREE DiT."""
