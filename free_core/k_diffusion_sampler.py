@@ -114,8 +114,10 @@ def ancestral_transition(x: torch.Tensor, denoised: torch.Tensor, sigma: torch.T
 class SigmaSpace:
     """Transitions over a sigma schedule for a black-box denoiser, drafted with its last verified `denoised`."""
 
-    def __init__(self, model: Model, sigmas: torch.Tensor, extra_args: dict, step: AncestralStep, x: torch.Tensor):
+    def __init__(self, model: Model, sigmas: torch.Tensor, extra_args: dict, step: AncestralStep, x: torch.Tensor,
+                 row_groups: Callable[[torch.Tensor], torch.Tensor] | None = None):
         self.model, self.sigmas, self.extra_args, self.step = model, sigmas, extra_args, step
+        self.row_groups, self.verify_calls = row_groups, 1
         self.total_steps, self.rows_per_state = len(sigmas) - 1, 1
         self.last_denoised = torch.zeros_like(x)
         self.dtype = x.dtype
@@ -133,7 +135,15 @@ class SigmaSpace:
     def verify(self, states, progress, sample):
         progress = progress.to(self.sigmas.device)
         sigma = self.sigmas[progress]
-        self.denoised = self.model(states, sigma.to(states), **self.extra_args)
+        if self.row_groups is None:
+            self.denoised = self.model(states, sigma.to(states), **self.extra_args)
+        else:  # one call per group of rows that the model must condition alike (see batch_conditioning.py)
+            groups = self.row_groups(sigma)
+            self.denoised = torch.empty_like(states)
+            for group in groups.unique():
+                rows = (groups == group).nonzero().flatten()
+                self.denoised[rows] = self.model(states[rows], sigma[rows].to(states), **self.extra_args)
+            self.verify_calls = int(groups.unique().numel())
         return self.step(states, self.denoised, sigma, self.sigmas[progress + 1])
 
     def commit(self, offsets: torch.Tensor, stop: torch.Tensor) -> None:
@@ -190,12 +200,15 @@ def sample_free_euler_ancestral(
     relax_strength: float = 0.0,
     stats_sink: list | None = None,
     cost_key: object | None = None,
+    row_groups: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Speculative Euler-ancestral: frozen drafts, one batched verification call per round, maximal coupling.
 
     `callback` gets k-diffusion's dict after each round with `i` = the last step every sample has
     committed, so a progress bar advances by the steps actually committed. `cost_key` names the model for the
-    adaptive policy's cached cost curve (default: the model object's id).
+    adaptive policy's cached cost curve (default: the model object's id). `row_groups(sigma_rows)` gives a group
+    id per verification row for a model that conditions a batch by its first row (ComfyUI's timestep ranges):
+    each group is verified in its own call, and the statistics count every call.
     """
     extra_args = dict(extra_args or {})
     generator = _generator(extra_args, x)
@@ -206,7 +219,7 @@ def sample_free_euler_ancestral(
     n, total_steps = x.shape[0], len(sigmas) - 1
     sigmas = sigmas.to(x.device)
     stats = SamplingStats(f"free-euler-ancestral-{mode}", total_steps, n, draft_length=policy.label)
-    space = SigmaSpace(model, sigmas, extra_args, step, x)
+    space = SigmaSpace(model, sigmas, extra_args, step, x, row_groups)
 
     def measure(row_counts: list[int]) -> dict[int, float]:
         def call(rows: int) -> None:

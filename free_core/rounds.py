@@ -45,7 +45,8 @@ class TransitionSpace(Protocol):
         """(mean_p, std_p) of the drafted transition out of `state`; `previous` is the state before it."""
 
     def verify(self, states: torch.Tensor, progress: torch.Tensor, sample: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(mean_q, std_q) of the exact transitions out of all `states` (sample[r]: active index of row r), one model call."""
+        """(mean_q, std_q) of the exact transitions out of all `states` (sample[r]: active index of row r), in one
+        model call (a space that must split it sets `verify_calls`)."""
 
     def commit(self, offsets: torch.Tensor, stop: torch.Tensor) -> None:
         """Keep what the drafter needs of the verified rows offsets[a] .. offsets[a] + stop[a] of active sample a
@@ -201,7 +202,7 @@ def run_rounds(
         last_state[active] = stacked[torch.arange(active.numel()), stop]
         space.commit(offsets, stop)
         stats.record_round(states=pair_a.numel(), rows=pair_a.numel() * space.rows_per_state, advances=stop + 1,
-                           proposed=proposed, accepted=accepted_count)
+                           proposed=proposed, accepted=accepted_count, calls=getattr(space, "verify_calls", 1))
         if after_round is not None:
             after_round(x, progress, stats)
     return x

@@ -34,11 +34,12 @@ class SamplingStats:
             self.accepted_per_step = [0] * self.num_steps
 
     def record_round(self, states: int, rows: int, advances: torch.Tensor, proposed: torch.Tensor | None = None,
-                     accepted: torch.Tensor | None = None) -> None:
-        """One model call that evaluated `states` states (`rows` model rows) and advanced each sample by
-        `advances`; `proposed`/`accepted` are the run's per-step draft counts so far (speculative samplers)."""
+                     accepted: torch.Tensor | None = None, calls: int = 1) -> None:
+        """A round of `calls` sequential model calls (one, unless verification was split into groups) that
+        evaluated `states` states (`rows` model rows) and advanced each sample by `advances`; `proposed`/`accepted`
+        are the run's per-step draft counts so far (speculative samplers)."""
         self.rounds += 1
-        self.sequential_dit_calls += 1
+        self.sequential_dit_calls += calls
         self.dit_states += states
         self.dit_rows += rows
         self.states_per_round.append(states)

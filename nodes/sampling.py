@@ -13,7 +13,7 @@ import comfy.model_sampling
 import comfy.samplers
 import comfy.utils
 
-from ..free_core.batch_conditioning import refuse_row_dependent_conditioning
+from ..free_core.batch_conditioning import boundary_groups, refuse_row_dependent_conditioning, timestep_boundaries
 from ..free_core.checkpoints import EMBEDDED_CFG_SCALE
 from ..free_core.generate import DRAFT_POLICIES, SAMPLER_MODES, draft_length_policy, generate
 from ..free_core.k_diffusion_sampler import AncestralStep, sample_free_euler_ancestral
@@ -146,11 +146,15 @@ def processed_conds(model, extra_args: dict | None) -> list:
 
 
 def _free_euler_ancestral(model, x, sigmas, extra_args=None, callback=None, disable=None, eta=1.0, s_noise=1.0, **options):
-    refuse_row_dependent_conditioning(processed_conds(model, extra_args))  # before any model call
+    conds = processed_conds(model, extra_args)
+    refuse_row_dependent_conditioning(conds)  # before any model call
+    boundaries = timestep_boundaries(conds)  # timestep / ControlNet ranges: verify each side of a boundary apart
+    row_groups = (lambda sigma_rows: boundary_groups(sigma_rows, boundaries)) if boundaries else None
     step = AncestralStep(flow=is_flow_model(model), eta=eta, s_noise=s_noise)
     sink: list = []
     out = sample_free_euler_ancestral(model, x, sigmas, extra_args=extra_args, callback=callback, disable=disable,
-                                      step=step, stats_sink=sink, cost_key=id(base_model(model)), **options)
+                                      step=step, stats_sink=sink, cost_key=id(base_model(model)), row_groups=row_groups,
+                                      **options)
     _log(sink[0])
     return out
 

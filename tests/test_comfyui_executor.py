@@ -214,8 +214,10 @@ def test_free_sampler_mode_off_is_core_euler_ancestral_and_strict_runs_on_eps_an
         assert stats["rounds"] <= 12 and stats["dit_states"] >= stats["rounds"] * 2
 
 
-def test_free_sampler_refuses_a_timestep_range_by_name(report):
-    refused = report["scenarios"]["sampler_law"]["timestep_range_strict"]
-    assert refused["success"] is False
-    (error,) = refused["errors"]
-    assert "timestep range" in error["message"] and "use mode off" in error["message"]
+def test_free_sampler_serves_a_timestep_range_by_verifying_each_side_of_it_apart(report):
+    """ComfyUI tests a timestep range on a batch's first sigma: strict verifies the rows on each side of the range's
+    boundary in their own call (law: tests/test_exact_law.py), and counts every call."""
+    ranged = report["scenarios"]["sampler_law"]["timestep_range_strict"]
+    _ok(ranged)
+    (stats,) = ranged["strict_stats"]
+    assert stats["sampler"] == "free-euler-ancestral-strict" and stats["rounds"] <= stats["sequential_dit_calls"] <= 12

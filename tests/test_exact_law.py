@@ -25,8 +25,9 @@ from free_core.diffusion import GaussianDiffusion
 from free_core.drafting import FrozenDrafter
 from free_core.k_diffusion_sampler import AncestralStep, sample_free_euler_ancestral
 from free_core.speculative import sample_speculative
-from toy_models import (FlowGaussianDenoiser, LinearGaussianDenoiser, MixtureSigmaDenoiser, PerturbedDrafter, flow_sigmas,
-                        karras_sigmas)
+from free_core.batch_conditioning import boundary_groups
+from toy_models import (FirstRowSwitch, FlowGaussianDenoiser, LinearGaussianDenoiser, MixtureSigmaDenoiser, PerturbedDrafter,
+                        flow_sigmas, karras_sigmas)
 
 N = 100_000
 ALPHA = 1e-3  # per p-value; every run is seeded, so a pass or fail is reproducible
@@ -76,12 +77,13 @@ def _run_ddpm(steps: int, learn_sigma: bool, seed: int = 1):
 SIGMA_DIM = 2
 
 
-def _run_sigma_space(model, sigmas: torch.Tensor, step: AncestralStep, seed: int = 1):
+def _run_sigma_space(model, sigmas: torch.Tensor, step: AncestralStep, seed: int = 1, row_groups=None):
     x = torch.randn(N, SIGMA_DIM, 1, 1, generator=torch.Generator().manual_seed(seed + 1000), dtype=torch.float64) * sigmas[0]
     sink = []
-    samples = sample_free_euler_ancestral(model, x, sigmas, extra_args={"seed": seed}, stats_sink=sink, step=step, draft_length=K)
+    samples = sample_free_euler_ancestral(model, x, sigmas, extra_args={"seed": seed}, stats_sink=sink, step=step, draft_length=K,
+                                          row_groups=row_groups)
 
-    def transition_at(i):
+    def transition_at(i):  # the plain sampler's batches hold one sigma
         return lambda x: step(x, model(x, sigmas[i].expand(x.shape[0])), sigmas[i].expand(x.shape[0]), sigmas[i + 1].expand(x.shape[0]))
 
     like = torch.zeros(1, SIGMA_DIM, 1, 1, dtype=torch.float64)
@@ -101,6 +103,15 @@ def _run_flow(steps: int):
     return _run_sigma_space(model, flow_sigmas(steps), AncestralStep(flow=True))
 
 
+def _run_timestep_range(grouped: bool):
+    """Two denoisers switched at sigma 1 by the batch's first row (a ComfyUI timestep range ending at sigma 1)."""
+    early = MixtureSigmaDenoiser(SIGMA_DIM, components=1, data_std=DATA_STD, seed=0)
+    late = MixtureSigmaDenoiser(SIGMA_DIM, components=1, data_std=DATA_STD, seed=5)
+    groups = (lambda sigma: boundary_groups(sigma, [("below", 1.0)])) if grouped else None
+    return _run_sigma_space(FirstRowSwitch(early, late, boundary=1.0), karras_sigmas(12, sigma_min=0.02), AncestralStep(),
+                            row_groups=groups)
+
+
 # One round, DDPM: K + 3 steps, so that the bonus transition out of the last drafted state is a noisy step (at
 # K + 2 it would be the final, deterministic one) and one plain step ends the chain. Sigma space: K + 2 steps
 # (a K_b never takes the last step, so its bonus is the final sigma -> 0 step).
@@ -113,6 +124,7 @@ CASES = {
     "sigma-space-one-round": lambda: _run_variance_exploding(K + 2, sigma_min=0.1),
     "sigma-space-flow-const-several-rounds": lambda: _run_flow(12),
     "sigma-space-flow-const-one-round": lambda: _run_flow(K + 2),
+    "sigma-space-timestep-range-verified-in-groups": lambda: _run_timestep_range(grouped=True),
 }
 
 
@@ -150,3 +162,17 @@ def test_wrong_couplings_fail_the_same_test(case, coupling, monkeypatch):
     samples, _, (mean, variance) = CASES[case]()
     p_values = exact_law_p_values(samples, mean, variance)
     assert min(p_values.values()) < ALPHA, p_values
+
+
+def test_one_mixed_verification_batch_is_inexact_under_a_timestep_range():
+    """Negative control for the grouped case: verifying all rows in one call lets the first row's sigma pick the
+    denoiser for every row, and the law test sees it."""
+    samples, stats, (mean, variance) = _run_timestep_range(grouped=False)
+    p_values = exact_law_p_values(samples, mean, variance)
+    assert min(p_values.values()) < ALPHA, p_values
+
+
+def test_grouped_verification_counts_every_call():
+    _, stats, _ = _run_timestep_range(grouped=True)
+    assert stats.sequential_dit_calls > stats.rounds  # rounds that straddle sigma 1 made two calls
+    assert stats.sequential_dit_calls < 12

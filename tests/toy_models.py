@@ -140,3 +140,14 @@ def flow_sigmas(steps: int, shift: float = 3.0) -> torch.Tensor:
     t = torch.linspace(1, 0, steps + 1, dtype=torch.float64)[:-1]
     sigmas = shift * t / (1 + (shift - 1) * t)
     return torch.cat([sigmas, torch.zeros(1, dtype=torch.float64)])
+
+
+class FirstRowSwitch:
+    """A black-box model that conditions a whole batch by its first row's sigma, as ComfyUI does for a timestep
+    range: `early` while sigma[0] >= `boundary`, `late` below it."""
+
+    def __init__(self, early, late, boundary: float):
+        self.early, self.late, self.boundary = early, late, boundary
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, **extra_args) -> torch.Tensor:
+        return (self.early if sigma[0] >= self.boundary else self.late)(x, sigma, **extra_args)
