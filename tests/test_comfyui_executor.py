@@ -220,4 +220,6 @@ def test_free_sampler_serves_a_timestep_range_by_verifying_each_side_of_it_apart
     ranged = report["scenarios"]["sampler_law"]["timestep_range_strict"]
     _ok(ranged)
     (stats,) = ranged["strict_stats"]
-    assert stats["sampler"] == "free-euler-ancestral-strict" and stats["rounds"] <= stats["sequential_dit_calls"] <= 12
+    assert stats["sampler"] == "free-euler-ancestral-strict"
+    # One range boundary: a round makes one call, or two when its rows straddle the boundary (some round does).
+    assert stats["rounds"] < stats["sequential_dit_calls"] <= 2 * stats["rounds"]
