@@ -24,18 +24,15 @@ Boundary = tuple[str, float]  # ("above", s): a part is off where sigma > s; ("b
 def timestep_boundaries(cond_lists: Iterable[list[dict[str, Any]] | None]) -> list[Boundary]:
     """The sigmas at which some part of the conditioning switches on or off (timestep ranges, ControlNet ranges)."""
     boundaries: set[Boundary] = set()
-    for conds in cond_lists:
-        for entry in conds or []:
-            if not isinstance(entry, dict):
-                continue
-            if entry.get("timestep_start") is not None:
-                boundaries.add(("above", float(entry["timestep_start"])))
-            if entry.get("timestep_end") is not None:
-                boundaries.add(("below", float(entry["timestep_end"])))
-            for control in _control_chain(entry.get("control")):
-                timestep_range = getattr(control, "timestep_range", None)
-                if timestep_range is not None:
-                    boundaries.update({("above", float(timestep_range[0])), ("below", float(timestep_range[1]))})
+    for entry in _entries(cond_lists):
+        if entry.get("timestep_start") is not None:
+            boundaries.add(("above", float(entry["timestep_start"])))
+        if entry.get("timestep_end") is not None:
+            boundaries.add(("below", float(entry["timestep_end"])))
+        for control in _control_chain(entry.get("control")):
+            timestep_range = getattr(control, "timestep_range", None)
+            if timestep_range is not None:
+                boundaries.update({("above", float(timestep_range[0])), ("below", float(timestep_range[1]))})
     return sorted(boundaries)
 
 
@@ -48,6 +45,11 @@ def boundary_groups(sigmas: torch.Tensor, boundaries: list[Boundary]) -> torch.T
     return groups
 
 
+def _entries(cond_lists: Iterable[list[dict[str, Any]] | None]) -> Iterable[dict[str, Any]]:
+    for conds in cond_lists:
+        yield from (entry for entry in conds or [] if isinstance(entry, dict))
+
+
 def _control_chain(control) -> list:
     chain = []
     while control is not None and len(chain) < 64:
@@ -58,21 +60,18 @@ def _control_chain(control) -> list:
 
 def row_dependent_conditioning(cond_lists: Iterable[list[dict[str, Any]] | None]) -> str | None:
     """The first part of the conditioning that verification batches cannot serve exactly, or None."""
-    for conds in cond_lists:
-        for entry in conds or []:
-            if not isinstance(entry, dict):
-                continue
-            for key, cause in ROW_DEPENDENT_KEYS.items():
-                if entry.get(key) is not None:
-                    return cause
-            for control in _control_chain(entry.get("control")):
-                hint = getattr(control, "cond_hint_original", None)
-                if getattr(hint, "ndim", 0) and hint.shape[0] > 1:
-                    return f"a ControlNet / T2I-Adapter hint with one image per batch item ({hint.shape[0]} images)"
-            for name, cond in (entry.get("model_conds") or {}).items():
-                tensor = getattr(cond, "cond", None)
-                if getattr(tensor, "ndim", 0) and tensor.shape[0] > 1:
-                    return f"a conditioning with one entry per batch item ('{name}', {tensor.shape[0]} entries)"
+    for entry in _entries(cond_lists):
+        for key, cause in ROW_DEPENDENT_KEYS.items():
+            if entry.get(key) is not None:
+                return cause
+        for control in _control_chain(entry.get("control")):
+            hint = getattr(control, "cond_hint_original", None)
+            if getattr(hint, "ndim", 0) and hint.shape[0] > 1:
+                return f"a ControlNet / T2I-Adapter hint with one image per batch item ({hint.shape[0]} images)"
+        for name, cond in (entry.get("model_conds") or {}).items():
+            tensor = getattr(cond, "cond", None)
+            if getattr(tensor, "ndim", 0) and tensor.shape[0] > 1:
+                return f"a conditioning with one entry per batch item ('{name}', {tensor.shape[0]} entries)"
     return None
 
 

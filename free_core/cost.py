@@ -34,14 +34,15 @@ def time_calls(call: Callable[[int], object], row_counts: list[int], device: tor
                repeats: int = 3) -> BatchCostCurve:
     """Median seconds of `call(rows)` for each row count; the first call of each size warms caches and is dropped."""
     curve: BatchCostCurve = {}
+    on_cuda = torch.device(device).type == "cuda"
     for rows in sorted(set(row_counts)):
         times = []
         for _ in range(repeats + 1):
-            if torch.device(device).type == "cuda":
+            if on_cuda:
                 torch.cuda.synchronize(device)
             started = time.perf_counter()
             call(rows)
-            if torch.device(device).type == "cuda":
+            if on_cuda:
                 torch.cuda.synchronize(device)
             times.append(time.perf_counter() - started)
         curve[rows] = statistics.median(times[1:])

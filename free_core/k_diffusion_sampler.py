@@ -105,12 +105,6 @@ class AncestralStep:
 EULER_ANCESTRAL = AncestralStep()
 
 
-def ancestral_transition(x: torch.Tensor, denoised: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor
-                         ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The VE Euler-ancestral transition (eta = 1) out of x at sigma; sigma, sigma_next are per sample (n,)."""
-    return EULER_ANCESTRAL(x, denoised, sigma, sigma_next)
-
-
 class SigmaSpace:
     """Transitions over a sigma schedule for a black-box denoiser, drafted with its last verified `denoised`."""
 
@@ -120,7 +114,6 @@ class SigmaSpace:
         self.row_groups, self.verify_calls = row_groups, 1
         self.total_steps, self.rows_per_state = len(sigmas) - 1, 1
         self.last_denoised = torch.zeros_like(x)
-        self.dtype = x.dtype
 
     def step_label(self, progress: torch.Tensor) -> torch.Tensor:
         return progress
@@ -139,11 +132,12 @@ class SigmaSpace:
             self.denoised = self.model(states, sigma.to(states), **self.extra_args)
         else:  # one call per group of rows that the model must condition alike (see batch_conditioning.py)
             groups = self.row_groups(sigma)
+            distinct = groups.unique()
             self.denoised = torch.empty_like(states)
-            for group in groups.unique():
+            for group in distinct:
                 rows = (groups == group).nonzero().flatten()
                 self.denoised[rows] = self.model(states[rows], sigma[rows].to(states), **self.extra_args)
-            self.verify_calls = int(groups.unique().numel())
+            self.verify_calls = int(distinct.numel())
         return self.step(states, self.denoised, sigma, self.sigmas[progress + 1])
 
     def commit(self, offsets: torch.Tensor, stop: torch.Tensor) -> None:

@@ -33,6 +33,7 @@ class TransitionSpace(Protocol):
 
     total_steps: int
     rows_per_state: int  # model rows per state (2 with classifier-free guidance in the batch, else 1)
+    verify_calls: int  # sequential model calls the last verification made (1 unless it was split into groups)
 
     def step_label(self, progress: torch.Tensor) -> torch.Tensor:
         """The index the per-step statistics use for the transition out of progress p."""
@@ -46,7 +47,7 @@ class TransitionSpace(Protocol):
 
     def verify(self, states: torch.Tensor, progress: torch.Tensor, sample: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(mean_q, std_q) of the exact transitions out of all `states` (sample[r]: active index of row r), in one
-        model call (a space that must split it sets `verify_calls`)."""
+        model call (a space that must split it into several says so in `verify_calls`)."""
 
     def commit(self, offsets: torch.Tensor, stop: torch.Tensor) -> None:
         """Keep what the drafter needs of the verified rows offsets[a] .. offsets[a] + stop[a] of active sample a
@@ -202,7 +203,7 @@ def run_rounds(
         last_state[active] = stacked[torch.arange(active.numel()), stop]
         space.commit(offsets, stop)
         stats.record_round(states=pair_a.numel(), rows=pair_a.numel() * space.rows_per_state, advances=stop + 1,
-                           proposed=proposed, accepted=accepted_count, calls=getattr(space, "verify_calls", 1))
+                           proposed=proposed, accepted=accepted_count, calls=space.verify_calls)
         if after_round is not None:
             after_round(x, progress, stats)
     return x

@@ -28,13 +28,12 @@ Mode = Literal["strict", "relax"]
 class DDPMSpace:
     """DiT transitions over respaced step indices, drafted from the last verified output and feature history."""
 
-    def __init__(self, denoiser: GuidedDenoiser, drafter: Drafter, labels: torch.Tensor, n: int):
+    def __init__(self, denoiser: GuidedDenoiser, drafter: Drafter, labels: torch.Tensor):
         self.denoiser, self.drafter, self.labels = denoiser, drafter, labels
-        self.total_steps, self.rows_per_state = denoiser.num_steps, denoiser.branches
+        self.total_steps, self.rows_per_state, self.verify_calls = denoiser.num_steps, denoiser.branches, 1
         self.history_length = drafter.history_length
         self.last_output: torch.Tensor | None = None  # (n, branches, C', H, W) verified output at each sample's last state
         self.history: torch.Tensor | None = None  # (n, branches, m, T, D) verified top-block features, oldest first
-        self.n = n
 
     def step_label(self, progress: torch.Tensor) -> torch.Tensor:
         return self.total_steps - 1 - progress
@@ -75,7 +74,7 @@ class DDPMSpace:
         chosen_rows = offsets + stop
         output_by_state = self.output_rows.unflatten(0, (-1, branches))
         if self.last_output is None:
-            self.last_output = output_by_state.new_zeros((self.n, *output_by_state.shape[1:]))
+            self.last_output = output_by_state.new_zeros((self.labels.shape[0], *output_by_state.shape[1:]))
         self.last_output[active] = output_by_state[chosen_rows]
         m = self.history_length
         if not m:
@@ -84,7 +83,7 @@ class DDPMSpace:
         a_count = active.numel()
         if self.history is None:  # first round (one state per sample): pad with the first verified features
             first = features_by_state[chosen_rows].unsqueeze(2).repeat(1, 1, m, 1, 1)
-            self.history = first.new_zeros((self.n, *first.shape[1:])).index_copy_(0, active.to(device), first)
+            self.history = first.new_zeros((self.labels.shape[0], *first.shape[1:])).index_copy_(0, active.to(device), first)
         # Entry k of the new history is the verified state `m-1-k` positions before the chosen one in this round's
         # rows of the same sample, or, before the round's first state, an older history entry.
         back = stop[:, None] - (m - 1) + torch.arange(m)[None]  # (A, m) positions in this round
@@ -124,6 +123,6 @@ def sample_speculative(
 
     if callback is not None:
         callback({"round": 0, "steps_done": 0, "total_steps": total_steps, "x": x})
-    x = run_rounds(DDPMSpace(denoiser, drafter, labels, n), x, generator, policy, stats, relax_strength, after_round)
+    x = run_rounds(DDPMSpace(denoiser, drafter, labels), x, generator, policy, stats, relax_strength, after_round)
     stats.wall_time_s = time.perf_counter() - started
     return x, stats

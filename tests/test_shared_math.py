@@ -12,7 +12,7 @@ import torch
 
 from free_core.denoiser import GuidedDenoiser
 from free_core.diffusion import GaussianDiffusion
-from free_core.k_diffusion_sampler import AncestralStep, ancestral_transition
+from free_core.k_diffusion_sampler import AncestralStep
 from free_core.relax import relax_temperature
 
 STEPS = 10  # respaced from 1000: kept timesteps are exactly 0, 111, 222, ..., 999
@@ -86,7 +86,7 @@ def test_sigma_space_transition_and_relax_temperature_by_hand():
     sigma, sigma_next, x, denoised = 2.0, 1.0, 1.0, 0.2
     sigma_up = math.sqrt(sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2)  # k-diffusion's eta = 1 step
     sigma_down = math.sqrt(sigma_next**2 - sigma_up**2)
-    mean, std = ancestral_transition(torch.tensor([[x]], dtype=torch.float64), torch.tensor([[denoised]], dtype=torch.float64),
+    mean, std = AncestralStep()(torch.tensor([[x]], dtype=torch.float64), torch.tensor([[denoised]], dtype=torch.float64),
                                      torch.tensor([sigma], dtype=torch.float64), torch.tensor([sigma_next], dtype=torch.float64))
     assert mean.item() == pytest.approx(x + (x - denoised) / sigma * (sigma_down - sigma), rel=1e-12)
     assert std.item() == pytest.approx(sigma_up, rel=1e-12)
