@@ -275,7 +275,7 @@ class Runner:
         outputs_after = _files(self.work / "output") + _files(self.work / "temp")
         self.interrupt_at = None
         after = self.execute(prompt)
-        other_prompt = {k: {**v, "inputs": dict(v["inputs"])} for k, v in prompt.items()}
+        other_prompt = _copy_prompt(prompt)
         other_prompt[sampler_id]["inputs"]["seed"] = prompt[sampler_id]["inputs"]["seed"] + 1
         other = self.execute(other_prompt)
         latent = lambda result: _samples(result["raw"][sampler_id][0][0])  # noqa: E731
@@ -326,17 +326,19 @@ class Runner:
         core = {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler_ancestral"}}
         free = lambda mode: {"class_type": "FREESampler", "inputs": {"mode": mode, "draft_length": 4, "draft_policy": "fixed",  # noqa: E731
                                                                      "relax_strength": 0.0}}
-        latent = lambda result: result["raw"]["custom"][0][0]["samples"]  # noqa: E731
+        latent = lambda result: _samples(result["raw"]["custom"][0][0])  # noqa: E731
         results = {}
         for family in ["eps"] + (["flow_const"] if "ModelSamplingSD3" in self.nodes.NODE_CLASS_MAPPINGS else []):
-            flow = family == "flow_const"
-            core_run, off_run = self.execute(graph(core, flow)), self.execute(graph(free("off"), flow))
-            self.stats_log.runs.clear()
-            strict_run = self.execute(graph(free("strict"), flow))
+            prompts = {run: graph(sampler, flow=family == "flow_const")
+                       for run, sampler in (("core", core), ("off", free("off")), ("strict", free("strict")))}
+            runs = {}
+            for run, prompt in prompts.items():
+                self.stats_log.runs.clear()  # what is left afterwards is the strict run's statistics
+                runs[run] = self.execute(prompt)
             results[family] = {
-                "core": _summarize(core_run, graph(core, flow)), "off": _summarize(off_run, graph(free("off"), flow)),
-                "strict": _summarize(strict_run, graph(free("strict"), flow)),
-                "off_equals_core": bool(core_run["success"] and off_run["success"] and torch.equal(latent(core_run), latent(off_run))),
+                **{run: _summarize(runs[run], prompts[run]) for run in prompts},
+                "off_equals_core": bool(runs["core"]["success"] and runs["off"]["success"]
+                                        and torch.equal(latent(runs["core"]), latent(runs["off"]))),
                 "strict_stats": list(self.stats_log.runs),
             }
         ranged = graph(free("strict"), flow=False, positive=("ranged", 0))
@@ -396,7 +398,7 @@ class Runner:
 
         latents, summaries = [], []
         for seed in (5, 5, 6):
-            run = {k: {**v, "inputs": dict(v["inputs"])} for k, v in prompt.items()}
+            run = _copy_prompt(prompt)
             run["custom"]["inputs"].update(add_noise=False, noise_seed=seed)
             run["sigmas"]["inputs"]["steps"] = 10
             result = self.execute(run)
@@ -507,6 +509,11 @@ def _cached(entry):
     if entry is None:
         return None
     return getattr(entry, "outputs", entry)
+
+
+def _copy_prompt(prompt: dict) -> dict:
+    """A prompt whose nodes' inputs can be changed without touching the original."""
+    return {node_id: {**node, "inputs": dict(node["inputs"])} for node_id, node in prompt.items()}
 
 
 def _samples(latent):
