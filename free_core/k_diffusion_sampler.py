@@ -109,10 +109,10 @@ class SigmaSpace:
     """Transitions over a sigma schedule for a black-box denoiser, drafted with its last verified `denoised`."""
 
     def __init__(self, model: Model, sigmas: torch.Tensor, extra_args: dict, step: AncestralStep, x: torch.Tensor,
-                 row_groups: Callable[[torch.Tensor], torch.Tensor] | None = None):
+                 row_groups: Callable[[torch.Tensor], torch.Tensor] | None = None, cfg_branches: int = 1):
         self.model, self.sigmas, self.extra_args, self.step = model, sigmas, extra_args, step
         self.row_groups, self.verify_calls = row_groups, 1
-        self.total_steps, self.rows_per_state = len(sigmas) - 1, 1
+        self.total_steps, self.rows_per_state = len(sigmas) - 1, cfg_branches
         self.last_denoised = torch.zeros_like(x)
 
     def step_label(self, progress: torch.Tensor) -> torch.Tensor:
@@ -195,6 +195,8 @@ def sample_free_euler_ancestral(
     stats_sink: list | None = None,
     cost_key: object | None = None,
     row_groups: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    cfg_branches: int = 1,
+    on_round: Callable[[SamplingStats], None] | None = None,
 ) -> torch.Tensor:
     """Speculative Euler-ancestral: frozen drafts, one batched verification call per round, maximal coupling.
 
@@ -202,7 +204,9 @@ def sample_free_euler_ancestral(
     committed, so a progress bar advances by the steps actually committed. `cost_key` names the model for the
     adaptive policy's cached cost curve (default: the model object's id). `row_groups(sigma_rows)` gives a group
     id per verification row for a model that conditions a batch by its first row (ComfyUI's timestep ranges):
-    each group is verified in its own call, and the statistics count every call.
+    each group is verified in its own call, and the statistics count every call. `cfg_branches` is how many
+    model rows the black box evaluates per state (2 when it folds classifier-free guidance), for the row count;
+    `on_round(stats)` sees the statistics after every round.
     """
     extra_args = dict(extra_args or {})
     generator = _generator(extra_args, x)
@@ -213,7 +217,7 @@ def sample_free_euler_ancestral(
     n, total_steps = x.shape[0], len(sigmas) - 1
     sigmas = sigmas.to(x.device)
     stats = SamplingStats(f"free-euler-ancestral-{mode}", total_steps, n, draft_length=policy.label)
-    space = SigmaSpace(model, sigmas, extra_args, step, x, row_groups)
+    space = SigmaSpace(model, sigmas, extra_args, step, x, row_groups, cfg_branches)
 
     def measure(row_counts: list[int]) -> dict[int, float]:
         def call(rows: int) -> None:
@@ -224,6 +228,8 @@ def sample_free_euler_ancestral(
     policy.start_run(n, measure)  # an adaptive K measures the model's cost curve once per model and shape
 
     def after_round(x_now: torch.Tensor, progress: torch.Tensor, stats_now: SamplingStats) -> None:
+        if on_round is not None:
+            on_round(stats_now)
         if callback is not None:
             i = int(progress.min()) - 1
             callback({"x": x_now, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": space.last_denoised})

@@ -67,6 +67,28 @@ class SamplingStats:
         """Sequential DiT calls of the plain ancestral sampler (one per step) over ours."""
         return self.num_steps / self.sequential_dit_calls if self.sequential_dit_calls else 0.0
 
+    def progress_line(self) -> str:
+        """Mid-run, one line: sequential DiT calls so far and the acceptance (a node's canvas text)."""
+        calls = self.sequential_dit_calls
+        line = f"{self.sampler}: {calls} DiT call{'' if calls == 1 else 's'} so far"
+        if sum(self.proposed_per_step):
+            line += f", acceptance {self.acceptance_rate:.2f}"
+        return line
+
+    def headline(self) -> str:
+        """After a run, one line: sequential DiT calls against steps in words, acceptance, wall time."""
+        calls, steps = self.sequential_dit_calls, self.num_steps
+        if calls < steps:
+            verdict = f"{steps - calls} fewer than the {steps} steps ({self.call_reduction():.2f}x fewer)"
+        elif calls == steps:
+            verdict = f"one per step ({steps} steps)"
+        else:
+            verdict = f"{calls - steps} more than the {steps} steps (verification split into groups)"
+        line = f"{self.sampler}: {calls} sequential DiT calls, {verdict}"
+        if sum(self.proposed_per_step):
+            line += f"; acceptance {self.acceptance_rate:.2f}"
+        return line + f"; {self.wall_time_s:.2f} s"
+
     def to_dict(self) -> dict:
         return {
             "sampler": self.sampler,

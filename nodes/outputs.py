@@ -4,16 +4,21 @@ from __future__ import annotations
 
 from ..free_core.image_tensors import samples_to_images
 from ..free_core.stats_plot import render_stats_plot, stats_text
+from .canvas_text import show_on_node
 
 
 class FREEStats:
-    """Acceptance per step and steps advanced per round (IMAGE); DiT calls saved, acceptance, wall time (STRING)."""
+    """Acceptance per step and steps advanced per round (IMAGE); DiT calls saved, acceptance, wall time (STRING,
+    and on the node). Reads FREE KSampler's stats, or FREE Sampler's after the SamplerCustom wired to 'after'."""
 
     DESCRIPTION = __doc__  # shown by the ComfyUI frontend
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"stats": ("FREE_STATS",)}}
+        return {"required": {"stats": ("FREE_STATS",)},
+                "optional": {"after": ("LATENT", {"tooltip": "FREE Sampler only: SamplerCustom's output, so that the "
+                                                             "statistics are read after it has sampled"})},
+                "hidden": {"node_id": "UNIQUE_ID"}}
 
     RETURN_TYPES = ("IMAGE", "STRING")
     RETURN_NAMES = ("plot", "summary")
@@ -21,8 +26,11 @@ class FREEStats:
     OUTPUT_NODE = True
     CATEGORY = "FREE"
 
-    def report(self, stats):
+    def report(self, stats, after=None, node_id: str | None = None):
+        if hasattr(stats, "read"):  # FREE Sampler's channel: the latest run's statistics
+            stats = stats.read()
         text = stats_text(stats)
+        show_on_node(node_id, stats.headline())
         return {"ui": {"text": [text]}, "result": (render_stats_plot(stats).unsqueeze(0), text)}
 
 

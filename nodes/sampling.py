@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 
 import torch
@@ -18,6 +19,7 @@ from ..free_core.checkpoints import EMBEDDED_CFG_SCALE
 from ..free_core.generate import DRAFT_POLICIES, SAMPLER_MODES, draft_length_policy, generate
 from ..free_core.k_diffusion_sampler import AncestralStep, sample_free_euler_ancestral
 from ..free_core.stats import SamplingStats
+from .canvas_text import show_on_node
 from .comfy_model import free_dit_of, labels_from_conditioning
 
 MODE_TOOLTIP = "strict: exactly the plain sampler's law; relax: faster, approximate; off: plain ancestral baseline"
@@ -47,7 +49,7 @@ class FREEKSampler:
             "steps": ("INT", {"default": 50, "min": 1, "max": 1000}),
             "cfg": ("FLOAT", {"default": EMBEDDED_CFG_SCALE, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01}),
             **DRAFT_INPUTS,
-        }}
+        }, "hidden": {"node_id": "UNIQUE_ID"}}
 
     RETURN_TYPES = ("LATENT", "FREE_STATS")
     RETURN_NAMES = ("LATENT", "stats")
@@ -55,7 +57,7 @@ class FREEKSampler:
     CATEGORY = "FREE"
 
     def sample(self, model, drafter, positive, negative, latent_image, seed: int, steps: int, cfg: float,
-               mode: str, draft_length: int, draft_policy: str, relax_strength: float):
+               mode: str, draft_length: int, draft_policy: str, relax_strength: float, node_id: str | None = None):
         dit = free_dit_of(model)
         samples = latent_image["samples"]
         expected = (dit.in_channels, dit.input_size, dit.input_size)
@@ -83,20 +85,40 @@ class FREEKSampler:
         def on_round(info: dict) -> None:
             comfy.model_management.throw_exception_if_processing_interrupted()
             progress.update_absolute(info["steps_done"], info["total_steps"])
+            show_on_node(node_id, f"step {info['steps_done']} of {info['total_steps']}, "
+                                  f"{info['round']} DiT calls so far")
 
         x0, stats = generate(dit, drafter, labels, seed, steps, cfg, mode, draft_length_policy(draft_length, draft_policy),
                              relax_strength, device, on_round)
         logging.info("FREE KSampler\n%s", stats.summary())
+        show_on_node(node_id, stats.headline())
         out = dict(latent_image)
         out["samples"] = model.model.process_latent_out(x0).float().cpu()
         return (out, stats)
+
+
+class SamplerStatsChannel:
+    """FREE Sampler's FREE_STATS output: the statistics of the sampler's latest run, filled when SamplerCustom runs.
+
+    SamplerCustom has no output for a sampler's statistics, so FREE Stats reads them here; wiring SamplerCustom's
+    LATENT into FREE Stats orders the reading after the run."""
+
+    def __init__(self) -> None:
+        self.latest: SamplingStats | None = None
+
+    def read(self) -> SamplingStats:
+        if self.latest is None:
+            raise ValueError("FREE Stats ran before the FREE Sampler it reads had sampled: connect the sampler node's "
+                             "output LATENT (SamplerCustom) to FREE Stats's 'after' input")
+        return self.latest
 
 
 class FREESampler:
     """A SAMPLER for SamplerCustom / SamplerCustomAdvanced: speculative euler_ancestral with frozen drafts (any model).
 
     Its plain law is core euler_ancestral's, with the same eta and s_noise: the variance-exploding step, or the
-    rectified-flow step on flow models (Flux, SD3, Wan, ...). Mode off runs core euler_ancestral itself."""
+    rectified-flow step on flow models (Flux, SD3, Wan, ...). Mode off runs core euler_ancestral itself. The
+    statistics of each run are shown on this node and reach FREE Stats through the 'stats' output."""
 
     DESCRIPTION = __doc__  # shown by the ComfyUI frontend
 
@@ -107,20 +129,26 @@ class FREESampler:
                               "tooltip": "euler_ancestral's eta (noise per step); FREE needs eta > 0"}),
             "s_noise": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 100.0, "step": 0.01, "round": False,
                                   "tooltip": "euler_ancestral's s_noise; FREE needs s_noise > 0"}),
-        }}
+        }, "hidden": {"node_id": "UNIQUE_ID"}}
 
-    RETURN_TYPES = ("SAMPLER",)
+    RETURN_TYPES = ("SAMPLER", "FREE_STATS")
+    RETURN_NAMES = ("SAMPLER", "stats")
+    OUTPUT_TOOLTIPS = ("for SamplerCustom / SamplerCustomAdvanced",
+                       "the latest run's statistics, for FREE Stats (wire the sampler's LATENT into its 'after' input)")
     FUNCTION = "get_sampler"
     CATEGORY = "FREE"
 
     def get_sampler(self, mode: str, draft_length: int, draft_policy: str, relax_strength: float, eta: float = 1.0,
-                    s_noise: float = 1.0):
+                    s_noise: float = 1.0, node_id: str | None = None):
+        channel = SamplerStatsChannel()
+        report = {"stats_channel": channel, "node_id": node_id}
         if mode == "off":
-            return (comfy.samplers.KSAMPLER(_core_euler_ancestral, extra_options={"eta": eta, "s_noise": s_noise}),)
+            sampler = comfy.samplers.KSAMPLER(_core_euler_ancestral, extra_options={"eta": eta, "s_noise": s_noise, **report})
+            return (sampler, channel)
         AncestralStep(eta=eta, s_noise=s_noise).check_stochastic()  # before any model runs
         options = {"draft_length": draft_length_policy(draft_length, draft_policy), "mode": mode,
-                   "relax_strength": relax_strength if mode == "relax" else 0.0, "eta": eta, "s_noise": s_noise}
-        return (comfy.samplers.KSAMPLER(_free_euler_ancestral, extra_options=options),)
+                   "relax_strength": relax_strength if mode == "relax" else 0.0, "eta": eta, "s_noise": s_noise, **report}
+        return (comfy.samplers.KSAMPLER(_free_euler_ancestral, extra_options=options), channel)
 
 
 def base_model(model):
@@ -145,7 +173,25 @@ def processed_conds(model, extra_args: dict | None) -> list:
     return [extra_args.get("cond"), extra_args.get("uncond"), *(guider_conds.values() if isinstance(guider_conds, dict) else [])]
 
 
-def _free_euler_ancestral(model, x, sigmas, extra_args=None, callback=None, disable=None, eta=1.0, s_noise=1.0, **options):
+def cfg_branches(model, extra_args: dict | None) -> int:
+    """Model rows per state in a guided call: the cond lists the guider evaluates (the uncond is skipped at cfg 1)."""
+    extra_args = extra_args or {}
+    guider = getattr(model, "inner_model", None)
+    if isinstance(getattr(guider, "conds", None), dict):  # current ComfyUI: a guider holds its conds and cfg
+        conds, cfg = guider.conds, getattr(guider, "cfg", None)
+        branches = sum(1 for cond in conds.values() if cond)
+        skipped = "negative" in conds and cfg is not None and math.isclose(cfg, 1.0)
+    else:  # ComfyUI 2024: cond, uncond and cond_scale in extra_args
+        branches = 1 + (extra_args.get("uncond") is not None)
+        skipped = extra_args.get("uncond") is not None and math.isclose(extra_args.get("cond_scale", 1.0), 1.0)
+    model_options = extra_args.get("model_options") or {}
+    if skipped and not model_options.get("disable_cfg1_optimization", False):
+        branches -= 1
+    return max(branches, 1)
+
+
+def _free_euler_ancestral(model, x, sigmas, extra_args=None, callback=None, disable=None, eta=1.0, s_noise=1.0,
+                          stats_channel=None, node_id=None, **options):
     conds = processed_conds(model, extra_args)
     refuse_row_dependent_conditioning(conds)  # before any model call
     boundaries = timestep_boundaries(conds)  # timestep / ControlNet ranges: verify each side of a boundary apart
@@ -154,24 +200,30 @@ def _free_euler_ancestral(model, x, sigmas, extra_args=None, callback=None, disa
     sink: list = []
     out = sample_free_euler_ancestral(model, x, sigmas, extra_args=extra_args, callback=callback, disable=disable,
                                       step=step, stats_sink=sink, cost_key=id(base_model(model)), row_groups=row_groups,
-                                      **options)
-    _log(sink[0])
+                                      cfg_branches=cfg_branches(model, extra_args),
+                                      on_round=lambda stats: show_on_node(node_id, stats.progress_line()), **options)
+    _report(sink[0], stats_channel, node_id)
     return out
 
 
-def _core_euler_ancestral(model, x, sigmas, extra_args=None, callback=None, disable=None, **options):
-    """Core euler_ancestral itself (its rectified-flow form on flow models), with the run's statistics logged."""
+def _core_euler_ancestral(model, x, sigmas, extra_args=None, callback=None, disable=None, stats_channel=None,
+                          node_id=None, **options):
+    """Core euler_ancestral itself (its rectified-flow form on flow models), with the run's statistics reported."""
     stats = SamplingStats("euler-ancestral (core)", len(sigmas) - 1, x.shape[0])
     started = time.perf_counter()
     out = comfy.k_diffusion.sampling.sample_euler_ancestral(model, x, sigmas, extra_args=extra_args, callback=callback,
                                                             disable=disable, **options)
+    n, branches = x.shape[0], cfg_branches(model, extra_args)
     for _ in range(len(sigmas) - 1):
-        stats.record_round(states=x.shape[0], rows=x.shape[0], advances=torch.ones(x.shape[0], dtype=torch.long))
+        stats.record_round(states=n, rows=n * branches, advances=torch.ones(n, dtype=torch.long))
     stats.wall_time_s = time.perf_counter() - started
-    _log(stats)
+    _report(stats, stats_channel, node_id)
     return out
 
 
-def _log(stats: SamplingStats) -> None:
-    """SamplerCustom has no output for a sampler's statistics: they go to the log (and the tests read them there)."""
+def _report(stats: SamplingStats, channel: SamplerStatsChannel | None, node_id: str | None) -> None:
+    """A run's statistics: on the FREE Sampler node, in its FREE_STATS output, and in the log."""
+    if channel is not None:
+        channel.latest = stats
+    show_on_node(node_id, stats.headline())
     logging.info("FREE Sampler\n%s", stats.summary(), extra={"free_stats": stats.to_dict()})

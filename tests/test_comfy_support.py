@@ -12,6 +12,7 @@ from free_core.drafting import FrozenDrafter
 from free_core.generate import draft_length_policy, generate
 from free_core.image_tensors import samples_to_images
 from free_core.imagenet_classes import IMAGENET_CLASSES
+from free_core.stats import SamplingStats
 from free_core.stats_plot import render_stats_plot, stats_text
 from free_core.train_drafter import DrafterTrainConfig
 
@@ -77,6 +78,21 @@ def test_stats_plot_and_text(micro):
     assert stats_text(stats).startswith(f"DiT calls saved: {10 - stats.sequential_dit_calls} of 10")
     _, baseline = generate(micro, FrozenDrafter(), torch.tensor([0]), seed=0, steps=10, cfg_scale=1.0, mode="off")
     assert render_stats_plot(baseline).shape == plot.shape  # a plain run (no drafts) still plots
+
+
+def test_stats_headline_says_the_direction_of_the_call_count_in_words():
+    def run(calls: int, proposed: int = 0, accepted: int = 0) -> SamplingStats:
+        stats = SamplingStats("free-euler-ancestral-strict", 12, 2)
+        for _ in range(calls):
+            stats.record_round(states=4, rows=8, advances=torch.ones(2, dtype=torch.long))
+        stats.proposed_per_step[0], stats.accepted_per_step[0] = proposed, accepted
+        return stats
+
+    assert "9 sequential DiT calls, 3 fewer than the 12 steps (1.33x fewer); acceptance 0.25" in run(9, 8, 2).headline()
+    assert "12 sequential DiT calls, one per step (12 steps)" in run(12).headline()
+    assert "14 sequential DiT calls, 2 more than the 12 steps" in run(14, 4, 0).headline()
+    assert run(1).progress_line() == "free-euler-ancestral-strict: 1 DiT call so far"
+    assert run(3, 4, 1).progress_line() == "free-euler-ancestral-strict: 3 DiT calls so far, acceptance 0.25"
 
 
 def test_samples_to_images_layout_range_and_scale():

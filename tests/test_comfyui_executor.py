@@ -199,12 +199,13 @@ def test_user_errors_name_the_problem(report):
     assert error["node_type"] == "FREEKSampler" and "FREE Empty Latent" in error["message"]
 
 
-def test_free_sampler_mode_off_is_core_euler_ancestral_and_strict_runs_on_eps_and_flow_const_models(report):
-    """Mode off gives core euler_ancestral's latent bit for bit (its rectified-flow form on the CONST model), and strict
-    samples on both families with the matching transition (its law is tested in tests/test_exact_law.py)."""
+def test_free_sampler_mode_off_is_core_euler_ancestral_and_strict_runs_on_eps_flow_const_and_flux_models(report):
+    """Mode off gives core euler_ancestral's latent bit for bit (its rectified-flow form on the CONST models: the FREE
+    DiT under ModelSamplingSD3, and a tiny random Flux built from ComfyUI's own classes in the current tree), and strict
+    samples on every family with the matching transition (its law is tested in tests/test_exact_law.py)."""
     scenario = report["scenarios"]["sampler_law"]
-    families = ["eps"] + (["flow_const"] if report["tree"] == "current" else [])  # the 2024 tree has no CONST sampling
-    assert sorted(k for k in scenario if k != "timestep_range_strict") == sorted(families)
+    families = ["eps"] + (["flow_const", "flux"] if report["tree"] == "current" else [])  # 2024: no CONST sampling
+    assert sorted(k for k in scenario if k not in ("timestep_range_strict", "stats_before_sampling")) == sorted(families)
     for family in families:
         for run in ("core", "off", "strict"):
             _ok(scenario[family][run])
@@ -212,6 +213,34 @@ def test_free_sampler_mode_off_is_core_euler_ancestral_and_strict_runs_on_eps_an
         (stats,) = scenario[family]["strict_stats"]
         assert stats["sampler"] == "free-euler-ancestral-strict" and stats["num_steps"] == 12
         assert stats["rounds"] <= 12 and stats["dit_states"] >= stats["rounds"] * 2
+        # rows through the model: CFG evaluates cond and uncond per state (cfg 2), Flux at cfg 1 the cond only
+        assert stats["dit_rows"] == stats["dit_states"] * (1 if family == "flux" else 2)
+
+
+def test_free_sampler_statistics_reach_free_stats_and_the_canvas_flux_const_included(report):
+    """FREE Stats wired to FREE Sampler's stats output (and after SamplerCustom) shows that run's numbers; the current
+    tree also shows them on both nodes' canvas text, round by round on the sampler; without the ordering wire FREE
+    Stats fails with the fix named instead of showing nothing."""
+    scenario = report["scenarios"]["sampler_law"]
+    for family in [f for f in ("eps", "flow_const", "flux") if f in scenario]:
+        (stats,) = scenario[family]["strict_stats"]
+        calls, steps = stats["sequential_dit_calls"], stats["num_steps"]
+        (outputs,) = _outputs(scenario[family]["strict"], "FREEStats")
+        text = outputs[1]["text"]
+        assert outputs[0]["kind"] == "tensor" and f"sequential DiT calls {calls} " in text
+        assert f"acceptance           {stats['acceptance_rate']:.3f}" in text
+        canvas = scenario[family]["strict_canvas"]
+        if report["tree"] == "2024":  # that ComfyUI has no progress text
+            assert canvas == {}
+            continue
+        assert f"{calls} sequential DiT calls" in canvas["stats"][-1] and canvas["stats"][-1] == canvas["sampler"][-1]
+        assert len(canvas["sampler"]) == stats["rounds"] + 1  # one line per round, then the result
+        assert canvas["sampler"][-2].startswith(f"free-euler-ancestral-strict: {calls} DiT calls so far")
+        assert f"{steps - calls} fewer than the {steps} steps" in canvas["sampler"][-1] or calls >= steps
+    unwired = scenario["stats_before_sampling"]
+    assert not unwired["success"]
+    (error,) = unwired["errors"]
+    assert error["node_type"] == "FREEStats" and "'after' input" in error["message"]
 
 
 def test_free_sampler_serves_a_timestep_range_by_verifying_each_side_of_it_apart(report):

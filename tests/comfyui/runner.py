@@ -58,6 +58,52 @@ class ServerStub:
         pass
 
 
+class CanvasText:
+    """PromptServer.instance for nodes that show text on the canvas: the texts, per node id, in order."""
+
+    def __init__(self) -> None:
+        self.texts: dict[str, list[str]] = {}
+
+    def record(self, text, node_id, sid=None) -> None:
+        self.texts.setdefault(str(node_id), []).append(text.decode() if isinstance(text, bytes) else text)
+
+    def send_sync(self, event, data, sid=None) -> None:
+        pass
+
+
+class TinyFlux:
+    """Test-only node: a random Flux (ComfyUI's own classes: supported_models.Flux, model_base.Flux) with hidden
+    width 64, one double and one single block, guidance embedding; its conditionings and a 2 x 16 x 8 x 8 latent."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {}}
+
+    RETURN_TYPES = ("MODEL", "CONDITIONING", "CONDITIONING", "LATENT")
+    FUNCTION = "build"
+    CATEGORY = "testing"
+
+    def build(self):
+        import comfy.model_patcher
+        import comfy.supported_models
+        import torch
+
+        unet = {"image_model": "flux", "guidance_embed": True, "in_channels": 16, "out_channels": 16, "vec_in_dim": 16,
+                "context_in_dim": 32, "hidden_size": 64, "mlp_ratio": 2.0, "num_heads": 2, "depth": 1,
+                "depth_single_blocks": 1, "axes_dim": [8, 12, 12], "theta": 10000, "patch_size": 2, "qkv_bias": True}
+        config = comfy.supported_models.Flux(unet)
+        config.set_inference_dtype(torch.float32, None)
+        model = config.get_model({})
+        generator = torch.Generator().manual_seed(0)
+        for parameter in model.diffusion_model.parameters():  # ComfyUI's layers skip initialization
+            parameter.data = torch.randn(parameter.shape, generator=generator) * 0.05
+        cpu = torch.device("cpu")
+        patcher = comfy.model_patcher.ModelPatcher(model, load_device=cpu, offload_device=cpu)
+        cond = lambda: [[torch.randn(1, 4, 32, generator=generator), {"pooled_output": torch.randn(1, 16, generator=generator), "guidance": 3.5}]]  # noqa: E731
+        positive, negative = cond(), cond()
+        return (patcher, positive, negative, {"samples": torch.zeros(2, 16, 8, 8)})
+
+
 class StatsLog(logging.Handler):
     """Keeps the statistics FREE Sampler logs after each run (SamplerCustom has no output for them)."""
 
@@ -122,6 +168,15 @@ class Runner:
         self.timings["init_nodes_s"] = time.perf_counter() - started
         if "FREEKSampler" not in nodes.NODE_CLASS_MAPPINGS:
             raise RuntimeError("ComfyUI did not load the ComfyUI-FREE pack; see the log above")
+        import comfy.supported_models
+        import server
+
+        if hasattr(comfy.supported_models, "Flux"):
+            nodes.NODE_CLASS_MAPPINGS["FREETestTinyFlux"] = TinyFlux
+        self.canvas = CanvasText()
+        if hasattr(server.PromptServer, "send_progress_text"):  # only where the real server can show node text
+            self.canvas.send_progress_text = self.canvas.record
+        server.PromptServer.instance = self.canvas
         self.pack_module = sys.modules[nodes.NODE_CLASS_MAPPINGS["FREEKSampler"].__module__.rsplit(".nodes.", 1)[0]]
         self.free_core = sys.modules[self.pack_module.__name__ + ".free_core.checkpoints"]
         from ui_to_api import convert, node_defs_from_mappings
@@ -298,53 +353,71 @@ class Runner:
 
     def scenario_sampler_law(self) -> dict:
         """FREE Sampler's plain law is core euler_ancestral's: mode off gives core's latent bit for bit, on the FREE DiT
-        (EPS) and, where the tree has it, on the same DiT under ModelSamplingSD3 (a rectified-flow CONST model); strict
-        runs on both; with a timestep range in the conditioning strict verifies each side of its boundary apart."""
+        (EPS), on the same DiT under ModelSamplingSD3 (a rectified-flow CONST model) and on a tiny random Flux built
+        from ComfyUI's own classes, where the tree has them; strict runs on each, and its statistics reach FREE Stats
+        and the canvas; with a timestep range in the conditioning strict verifies each side of its boundary apart."""
         import torch
 
         dit_name = "embedded" if self.embedded_present else "dit_micro_random.safetensors"
 
-        def graph(sampler: dict, flow: bool, positive=("label", 0)) -> dict:
-            prompt = {
-                "dit": {"class_type": "FREEDiTLoader", "inputs": {"dit_name": dit_name}},
-                "label": {"class_type": "FREEClassLabel", "inputs": {"model": ["dit", 0], "class_name": "1 square [embedded]", "class_index": -1}},
-                "latent": {"class_type": "FREEEmptyLatent", "inputs": {"model": ["dit", 0], "batch_size": 2}},
-                "sampler": sampler,
-            }
-            model = ["dit", 0]
-            if flow:
+        def graph(sampler: dict, family: str, positive=("label", 0)) -> dict:
+            if family == "flux":
+                prompt = {"flux": {"class_type": "FREETestTinyFlux", "inputs": {}}}
+                model, positive, negative, latent, cfg = ["flux", 0], ["flux", 1], ["flux", 2], ["flux", 3], 1.0
+            else:
+                prompt = {
+                    "dit": {"class_type": "FREEDiTLoader", "inputs": {"dit_name": dit_name}},
+                    "label": {"class_type": "FREEClassLabel", "inputs": {"model": ["dit", 0], "class_name": "1 square [embedded]", "class_index": -1}},
+                    "latent": {"class_type": "FREEEmptyLatent", "inputs": {"model": ["dit", 0], "batch_size": 2}},
+                }
+                model, positive, negative, latent, cfg = ["dit", 0], list(positive), ["label", 1], ["latent", 0], 2.0
+            if family == "flow_const":
                 prompt["flow"] = {"class_type": "ModelSamplingSD3", "inputs": {"model": ["dit", 0], "shift": 3.0}}
                 model = ["flow", 0]
+            prompt["sampler"] = sampler
             prompt["sigmas"] = {"class_type": "BasicScheduler", "inputs": {"model": model, "scheduler": "simple", "steps": 12, "denoise": 1.0}}
             prompt["custom"] = {"class_type": "SamplerCustom", "inputs": {
-                "model": model, "add_noise": True, "noise_seed": 11, "cfg": 2.0, "positive": list(positive),
-                "negative": ["label", 1], "sampler": ["sampler", 0], "sigmas": ["sigmas", 0], "latent_image": ["latent", 0]}}
-            prompt["decode"] = {"class_type": "FREEDecode", "inputs": {"samples": ["custom", 0], "scale": 1}}
-            prompt["preview"] = {"class_type": "PreviewImage", "inputs": {"images": ["decode", 0]}}
+                "model": model, "add_noise": True, "noise_seed": 11, "cfg": cfg, "positive": positive,
+                "negative": negative, "sampler": ["sampler", 0], "sigmas": ["sigmas", 0], "latent_image": latent}}
+            if sampler["class_type"] == "FREESampler":
+                prompt["stats"] = {"class_type": "FREEStats", "inputs": {"stats": ["sampler", 1], "after": ["custom", 0]}}
+            if family == "flux":  # no VAE: the latent itself is the output
+                prompt["save"] = {"class_type": "SaveLatent", "inputs": {"samples": ["custom", 0], "filename_prefix": "flux"}}
+            else:
+                prompt["decode"] = {"class_type": "FREEDecode", "inputs": {"samples": ["custom", 0], "scale": 1}}
+                prompt["preview"] = {"class_type": "PreviewImage", "inputs": {"images": ["decode", 0]}}
             return prompt
 
         core = {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler_ancestral"}}
         free = lambda mode: {"class_type": "FREESampler", "inputs": {"mode": mode, "draft_length": 4, "draft_policy": "fixed",  # noqa: E731
                                                                      "relax_strength": 0.0}}
         latent = lambda result: _samples(result["raw"]["custom"][0][0])  # noqa: E731
+        families = ["eps"] + (["flow_const"] if "ModelSamplingSD3" in self.nodes.NODE_CLASS_MAPPINGS else []) + (
+            ["flux"] if "FREETestTinyFlux" in self.nodes.NODE_CLASS_MAPPINGS else [])
         results = {}
-        for family in ["eps"] + (["flow_const"] if "ModelSamplingSD3" in self.nodes.NODE_CLASS_MAPPINGS else []):
-            prompts = {run: graph(sampler, flow=family == "flow_const")
+        for family in families:
+            prompts = {run: graph(sampler, family)
                        for run, sampler in (("core", core), ("off", free("off")), ("strict", free("strict")))}
             runs = {}
             for run, prompt in prompts.items():
                 self.stats_log.runs.clear()  # what is left afterwards is the strict run's statistics
+                self.canvas.texts.clear()  # and its canvas texts
                 runs[run] = self.execute(prompt)
             results[family] = {
                 **{run: _summarize(runs[run], prompts[run]) for run in prompts},
                 "off_equals_core": bool(runs["core"]["success"] and runs["off"]["success"]
                                         and torch.equal(latent(runs["core"]), latent(runs["off"]))),
                 "strict_stats": list(self.stats_log.runs),
+                "strict_canvas": {node: list(texts) for node, texts in self.canvas.texts.items()},
             }
-        ranged = graph(free("strict"), flow=False, positive=("ranged", 0))
+        ranged = graph(free("strict"), "eps", positive=("ranged", 0))
         ranged["ranged"] = {"class_type": "ConditioningSetTimestepRange", "inputs": {"conditioning": ["label", 0], "start": 0.0, "end": 0.5}}
         self.stats_log.runs.clear()
         results["timestep_range_strict"] = {**_summarize(self.execute(ranged), ranged), "strict_stats": list(self.stats_log.runs)}
+        unwired = graph(free("strict"), "eps")
+        unwired["stats"]["inputs"].pop("after")
+        unwired.pop("decode"), unwired.pop("preview")  # FREE Stats is the only output: it runs before any sampling
+        results["stats_before_sampling"] = _summarize(self.execute(unwired), unwired)
         return results
 
     def scenario_core_samplers(self) -> dict:
