@@ -18,10 +18,10 @@ $(STAMP): requirements.txt requirements-dev.txt $(COMFY_TESTS)/requirements.txt 
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PYTHON) -m free_core sample --steps 250 --batch 8 --out demo.png --json demo_stats.json
+	$(PYTHON) -m free_core sample --steps 250 --batch 8 --repeats 3 --out demo.png --json demo_stats.json
 
 test: $(STAMP)
-	$(PYTHON) -m pytest -q tests
+	$(PYTHON) -m pytest -q -rs tests
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -17,14 +17,14 @@ from pathlib import Path
 
 import torch
 
-from .checkpoints import EMBEDDED_CFG_SCALE, EMBEDDED_DRAFTER, load_embedded_dit
+from .checkpoints import EMBEDDED_CFG_SCALE
 from .cost import measure_batch_cost
 from .denoiser import GuidedDenoiser
 from .diffusion import GaussianDiffusion
-from .draft_length import AdaptiveDraftLength
-from .drafter import load_drafter
 from .drafting import FrozenDrafter
 from .eval import load_classifier, quality_report, reference_features
+from .model_specs import EMBEDDED, resolve_dit, resolve_drafter
+from .options import DEFAULT_DRAFT_LENGTH, SamplerOptions
 from .sampling import initial_noise, sample_ancestral
 from .speculative import sample_speculative
 from .stats import SamplingStats
@@ -76,8 +76,17 @@ def _peak_memory_mb() -> float | None:
     return None
 
 
-def _policy(draft_length: int | str) -> int | AdaptiveDraftLength:
-    return AdaptiveDraftLength() if draft_length == "adaptive" else int(draft_length)
+ADAPTIVE_MAX_LENGTH = 8  # the largest K the adaptive rows may choose
+
+
+def bench_options(config: BenchConfig, steps: int, mode: str, draft_length: int | str | None,
+                  strength: float) -> SamplerOptions:
+    """A bench row's settings as the SamplerOptions a user would pass (the baseline: mode off)."""
+    adaptive = draft_length == "adaptive"
+    return SamplerOptions(mode=mode, steps=steps, cfg=config.cfg_scale,
+                          draft_length=ADAPTIVE_MAX_LENGTH if adaptive else int(draft_length or DEFAULT_DRAFT_LENGTH),
+                          draft_policy="adaptive" if adaptive else "fixed",
+                          relax_strength=strength if mode == "relax" else None, seed=config.seed)
 
 
 def run_speed(config: BenchConfig, model, drafters: dict, log) -> list[dict]:
@@ -102,6 +111,7 @@ def run_speed(config: BenchConfig, model, drafters: dict, log) -> list[dict]:
             sample_ancestral(denoiser, x_T, labels, torch.Generator().manual_seed(config.seed + 1))
             baseline_time = None
             for name, drafter_name, draft_length, mode, strength in variants:
+                options = bench_options(config, steps, "off" if drafter_name is None else mode, draft_length, strength)
                 times, stats, peak = [], None, None
                 for repeat in range(config.repeats):
                     generator = torch.Generator().manual_seed(config.seed + 1)
@@ -111,7 +121,8 @@ def run_speed(config: BenchConfig, model, drafters: dict, log) -> list[dict]:
                         _, stats = sample_ancestral(denoiser, x_T, labels, generator)
                     else:
                         _, stats = sample_speculative(denoiser, drafters[drafter_name], x_T, labels, generator,
-                                                      draft_length=_policy(draft_length), mode=mode, relax_strength=strength)
+                                                      draft_length=options.policy(), mode=options.mode,
+                                                      relax_strength=options.strength)
                     times.append(time.perf_counter() - started)
                     peak = _peak_memory_mb()
                 wall = statistics.median(times)
@@ -127,6 +138,7 @@ def run_speed(config: BenchConfig, model, drafters: dict, log) -> list[dict]:
                     "proposed_per_step": stats.proposed_per_step, "accepted_per_step": stats.accepted_per_step,
                     "advance_histogram": {str(k): v for k, v in sorted(stats.advance_histogram.items())},
                     "draft_lengths_chosen": stats.draft_lengths, "states_per_round": stats.states_per_round,
+                    "options": options.to_dict(),
                 }
                 rows.append(row)
                 log(f"steps={steps} batch={batch} {name:8s} {row['drafter']:7s} K={row['draft_length']!s:8s} "
@@ -194,8 +206,8 @@ def machine_description() -> str:
 
 
 def run_bench(config: BenchConfig, json_path: str | None = None, log=print) -> dict:
-    model = load_embedded_dit()
-    drafters = {"frozen": FrozenDrafter(), "learned": load_drafter(EMBEDDED_DRAFTER, model)}
+    model = resolve_dit(EMBEDDED)
+    drafters = {"frozen": FrozenDrafter(), "learned": resolve_drafter(EMBEDDED, model)}
     results: dict = {"machine": machine_description(), "config": {k: v for k, v in config.__dict__.items()}}
     started = time.perf_counter()
     if "cost" in config.sections:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import pickle
 from pathlib import Path
 
 import torch
@@ -22,22 +23,33 @@ EMBEDDED_CLASSIFIER = WEIGHTS_DIR / "classifier_procedural.safetensors"
 EMBEDDED_CFG_SCALE = 2.0
 
 
+def safetensors_keys_and_metadata(path: str | Path) -> tuple[set[str], dict[str, str]]:
+    """A safetensors file's tensor names and metadata, reading the header only; a corrupt file is named."""
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return set(handle.keys()), handle.metadata() or {}
+    except Exception as error:  # SafetensorError: a truncated download, or not a safetensors file at all
+        raise ValueError(f"{Path(path).name} is not a readable .safetensors file ({error}); is the download "
+                         "complete? download it again") from None
+
+
 def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Tensors and string metadata from a safetensors file, or tensors from a `.pt` via weights_only."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no such weights file: {path}")
     if path.suffix == ".safetensors":
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
+        _, metadata = safetensors_keys_and_metadata(path)
         return load_file(str(path)), metadata
     if path.suffix in (".pt", ".pth", ".ckpt", ".bin"):
         try:
             obj = torch.load(str(path), map_location="cpu", weights_only=True)
-        except Exception as error:  # weights_only refuses anything but plain tensors and containers
-            raise ValueError(
-                f"{path} could not be read safely with torch.load(weights_only=True) ({error}); convert it to safetensors"
-            ) from error
+        except pickle.UnpicklingError:  # weights_only met an object that only unpickling code could build
+            raise ValueError(f"{path.name} holds pickled Python objects besides tensors, which FREE never unpickles "
+                             "(they can run code); use a .safetensors version of the weights") from None
+        except Exception as error:  # not a torch file, or a truncated one
+            raise ValueError(f"{path.name} is not a readable PyTorch weights file ({type(error).__name__}); is the "
+                             "download complete? download it again, or use a .safetensors version") from None
         for key in ("ema", "model", "state_dict"):
             if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
                 obj = obj[key]
@@ -72,10 +84,10 @@ def save_dit(path: str | Path, model: DiT, extra_metadata: dict[str, str] | None
 def load_dit(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> DiT:
     """A DiT from our safetensors (config in metadata) or an official facebookresearch/DiT checkpoint."""
     if Path(path).suffix == ".safetensors" and Path(path).is_file():
-        with safe_open(str(path), framework="pt") as handle:  # refuse other models before reading GBs of tensors
-            if "x_embedder.proj.weight" not in set(handle.keys()):
-                raise ValueError(f"{Path(path).name} is not a DiT checkpoint (no x_embedder.proj.weight); "
-                                 "choose a facebookresearch/DiT or free_core DiT file")
+        keys, _ = safetensors_keys_and_metadata(path)  # refuse other models before reading GBs of tensors
+        if "x_embedder.proj.weight" not in keys:
+            raise ValueError(f"{Path(path).name} is not a DiT checkpoint (no x_embedder.proj.weight); "
+                             "choose a facebookresearch/DiT or free_core DiT file")
     state, metadata = read_state_dict(path)
     if "config" in metadata:
         config = DiTConfig(**json.loads(metadata["config"]))
@@ -89,14 +101,8 @@ def load_dit(path: str | Path, device: str | torch.device = "cpu", dtype: torch.
         raise ValueError(f"{path}: not a DiT state dict (missing {missing[:5]}, unexpected {unexpected[:5]})")
     model.load_state_dict({k: v.float() for k, v in state.items()})
     model.weights_fingerprint = weights_fingerprint(state)
-    model.source_name = Path(path).name
+    model.source_name = "the embedded DiT" if Path(path) == EMBEDDED_DIT else Path(path).name
     return model.to(device=device, dtype=dtype).eval()
-
-
-def load_embedded_dit(device: str | torch.device = "cpu") -> DiT:
-    if not EMBEDDED_DIT.is_file():
-        raise FileNotFoundError(f"the embedded DiT weights are missing at {EMBEDDED_DIT}; reinstall the package")
-    return load_dit(EMBEDDED_DIT, device=device)
 
 
 def sha256_file(path: str | Path) -> str:

@@ -5,19 +5,29 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import statistics
 import sys
 from pathlib import Path
 from typing import Callable
 
 import torch
 
-from .checkpoints import EMBEDDED_CFG_SCALE, EMBEDDED_DIT, WEIGHTS_DIR, load_dit
-from .denoiser import GuidedDenoiser
-from .diffusion import VARIANCE_MODES, GaussianDiffusion
-from .dit import DIT_CONFIGS, DiT, dit_config
-from .image_io import grid, write_png
-from .sampling import initial_noise, sample_ancestral
-from .speculative import sample_speculative
+from .checkpoints import EMBEDDED_CFG_SCALE, WEIGHTS_DIR
+from .class_labels import resolve_class
+from .demo_grid import save_labelled_grid
+from .diffusion import VARIANCE_MODES
+from .dit import DIT_CONFIGS
+from .generate import generate
+from .model_specs import DIT_CHOICES, DRAFTER_CHOICES, check_dit_spec, check_drafter_spec, default_drafter, resolve_dit, resolve_drafter
+from .options import DEFAULT_DRAFT_LENGTH, DEFAULT_RELAX_STRENGTH, DEFAULT_STEPS, DRAFT_POLICIES, OptionError, SamplerOptions
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """--help shows each option's default, except where there is none to show."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        no_default = action.default is None or action.default is False
+        return action.help if no_default else super()._get_help_string(action)
 
 
 def comma_separated(kind: type) -> Callable[[str], tuple]:
@@ -33,83 +43,118 @@ def comma_separated(kind: type) -> Callable[[str], tuple]:
     return parse
 
 
-def load_model(spec: str, device: str) -> DiT:
-    """'embedded', a weights path, or 'random:<config>' (random init, for trying the engine)."""
-    if spec == "embedded":
-        if not EMBEDDED_DIT.is_file():
-            raise SystemExit(f"the embedded DiT is missing at {EMBEDDED_DIT}; pass --model random:DiT-Micro/8 to try the engine")
-        return load_dit(EMBEDDED_DIT, device=device)
-    if spec.startswith("random:"):
-        torch.manual_seed(0)
-        model = DiT(dit_config(spec.split(":", 1)[1]))
-        for parameter in model.final_layer.parameters():  # adaLN-Zero init outputs zeros: give the head some signal
-            torch.nn.init.normal_(parameter, std=0.02)
-        return model.to(device).eval()
-    return load_dit(spec, device=device)
+SAMPLE_RUNS = {"off": ("off",), "strict": ("strict",), "relax": ("relax",), "compare": ("off", "strict", "relax")}
+RUN_TITLES = {"off": "baseline", "strict": "FREE strict", "relax": "FREE relax"}
+REPORT_KEYS = {"off": "baseline", "strict": "strict", "relax": "relax"}  # the JSON's names of the runs
 
 
-def load_drafter(spec: str, model: DiT, device: str):
-    from .drafting import FrozenDrafter
-
-    if spec == "frozen":
-        return FrozenDrafter()
-    from .drafter import load_drafter as load_free_drafter
-    from .checkpoints import EMBEDDED_DRAFTER
-
-    return load_free_drafter(EMBEDDED_DRAFTER if spec == "embedded" else spec, model, device=device)
+def positive_int(option: str, value: int, example: str) -> int:
+    if value < 1:
+        raise OptionError(f"{option} {value}: must be an integer >= 1; e.g. {option} {example}")
+    return value
 
 
-def parse_labels(text: str | None, batch: int, num_classes: int, generator: torch.Generator) -> torch.Tensor:
+def parse_labels(text: str | None) -> list[int] | None:
+    """`--labels` as class indices (checked against the model once it is loaded); None: 0, 1, 2, ..."""
     if text is None:
+        return None
+    try:
+        labels = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        labels = []
+    if not labels or any(v < 0 for v in labels):
+        raise OptionError(f"--labels {text!r}: expected comma-separated class indices >= 0, such as 0,3,7")
+    return labels
+
+
+def labels_for(labels: list[int] | None, batch: int, num_classes: int) -> torch.Tensor:
+    if labels is None:
         return torch.arange(batch) % num_classes
-    labels = [int(v) for v in text.split(",") if v.strip()]
-    bad = [v for v in labels if not 0 <= v < num_classes]
+    bad = [v for v in labels if v >= num_classes]
     if bad:
-        raise SystemExit(f"--labels {bad} out of range: this model has classes 0..{num_classes - 1}")
+        raise OptionError(f"--labels {','.join(map(str, labels))}: {bad} out of range, this model has classes "
+                          f"0..{num_classes - 1}")
     return torch.tensor((labels * batch)[:batch])
 
 
-def command_sample(args: argparse.Namespace) -> int:
-    device = args.device
-    model = load_model(args.model, device)
-    default_drafter = "embedded" if args.model == "embedded" else "frozen"
-    drafter = load_drafter(args.drafter or default_drafter, model, device)
+def check_device(device: str) -> str:
     try:
-        diffusion = GaussianDiffusion.respaced(args.steps)
-        denoiser = GuidedDenoiser(model, diffusion, cfg_scale=args.cfg, variance=args.variance)
-    except ValueError as error:
-        raise SystemExit(str(error)) from None
-    generator = torch.Generator(device=device).manual_seed(args.seed)
-    x_T = initial_noise((args.batch, model.in_channels, model.input_size, model.input_size), generator, device)
-    labels = parse_labels(args.labels, args.batch, model.num_classes, generator).to(device)
-    runs = {"off": ["baseline"], "strict": ["strict"], "relax": ["relax"], "compare": ["baseline", "strict", "relax"]}[args.mode]
-    images, report = [], {}
+        kind = torch.device(device).type
+    except RuntimeError:
+        raise OptionError(f"--device {device!r}: not a device; use cpu or cuda") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise OptionError(f"--device {device}: this machine has no CUDA device (or torch is a CPU build); use --device cpu")
+    return device
+
+
+def sample_options(args: argparse.Namespace) -> SamplerOptions:
+    """`sample`'s flags as SamplerOptions (compare mode: the relax run's, which carries the strength)."""
+    return SamplerOptions(mode="relax" if args.mode == "compare" else args.mode, steps=args.steps, cfg=args.cfg,
+                          draft_length=args.draft_length, draft_policy=args.draft_policy,
+                          relax_strength=args.relax_strength, variance=args.variance, seed=args.seed)
+
+
+def command_sample(args: argparse.Namespace) -> int:
+    # Every option is checked before anything is loaded or run.
+    options = sample_options(args)
+    positive_int("--batch", args.batch, "8")
+    positive_int("--scale", args.scale, "4")
+    positive_int("--repeats", args.repeats, "3")
+    requested_labels = parse_labels(args.labels)
+    device = check_device(args.device)
+    drafter_spec = args.drafter or default_drafter(args.model)
+    check_dit_spec(args.model)
+    check_drafter_spec(drafter_spec)
+    model = resolve_dit(args.model, device)
+    drafter = resolve_drafter(drafter_spec, model, device)
+    labels = labels_for(requested_labels, args.batch, model.num_classes)
+
+    runs = SAMPLE_RUNS[args.mode]
+    rows, report = {}, {}
     for run in runs:
-        run_generator = torch.Generator(device=device).manual_seed(args.seed + 1)
-        if run == "baseline":
-            samples, stats = sample_ancestral(denoiser, x_T, labels, run_generator)
-        else:
-            samples, stats = sample_speculative(
-                denoiser, drafter, x_T, labels, run_generator, draft_length=args.draft_length,
-                mode=run, relax_strength=args.relax_strength if run == "relax" else 0.0,
-            )
-        print(f"== {run} ==\n{stats.summary()}\n", flush=True)
-        images.append(samples)
-        report[run] = stats.to_dict()
+        times = []
+        for _ in range(args.repeats):  # the same seed: the same samples each time; only the clock differs
+            samples, stats = generate(model, drafter, labels, options.with_mode(run), device)
+            times.append(stats.wall_time_s)
+        stats.wall_time_s = statistics.median(times)
+        print(f"== {RUN_TITLES[run]} ==\n{stats.summary()}\n", flush=True)
+        rows[RUN_TITLES[run]] = samples
+        report[REPORT_KEYS[run]] = {**stats.to_dict(), "wall_times_s": times, "options": options.with_mode(run).to_dict()}
     if "baseline" in report:
         for run in runs[1:]:
             report[run]["wall_clock_speedup"] = report["baseline"]["wall_time_s"] / report[run]["wall_time_s"]
-            print(f"{run}: {report[run]['call_reduction']:.2f}x fewer sequential DiT calls, "
-                  f"{report[run]['wall_clock_speedup']:.2f}x wall clock vs baseline")
+        print(comparison_text(report, runs[1:], args.repeats))
     if model.in_channels == 3:
-        path = write_png(args.out, grid(torch.cat(images), columns=args.batch), scale=args.scale)
-        print(f"wrote {path} (rows: {', '.join(runs)})")
+        names = [resolve_class("", int(label), model.num_classes)[1] for label in labels]
+        path = save_labelled_grid(args.out, rows, names, scale=args.scale)
+        print(f"wrote {path} (rows: {', '.join(rows)}; columns: the requested classes)")
     else:
-        torch.save(torch.cat(images).cpu(), Path(args.out).with_suffix(".latents.pt"))
-        print(f"latent model: wrote {Path(args.out).with_suffix('.latents.pt')} (decode with the SD VAE)")
+        path = Path(args.out).with_suffix(".latents.pt")
+        torch.save(torch.cat(list(rows.values())).cpu(), path)
+        print(f"latent model: wrote {path} (decode with the SD VAE)")
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
     return 0
+
+
+def comparison_text(report: dict, runs: tuple[str, ...], repeats: int) -> str:
+    """FREE against the baseline in words: calls saved, wall clock with its direction, why, and what 'exact' means."""
+    timing = f"median of {repeats} runs" if repeats > 1 else "one run: timings vary run to run, use --repeats 3"
+    lines = []
+    for run in runs:
+        row, steps = report[run], report[run]["num_steps"]
+        speedup = row["wall_clock_speedup"]
+        clock = f"{speedup:.2f}x faster" if speedup >= 1 else f"{1 / speedup:.2f}x slower"
+        lines.append(f"{RUN_TITLES[run]}: {row['sequential_dit_calls']} sequential DiT calls instead of {steps} "
+                     f"({row['call_reduction']:.2f}x fewer); wall clock {clock} than the baseline on this machine "
+                     f"({timing})")
+    lines.append("Why the clock can lose: a FREE round verifies K+1 states in one batched DiT call, which costs about "
+                 "K+1 plain steps where the DiT's cost grows with its rows (a CPU); a GPU runs them in parallel "
+                 "(docs/benchmarks.md).")
+    if "strict" in runs:
+        lines.append("FREE strict has the baseline's distribution, not its images: from the same noise it draws its "
+                     "randomness in another order, so each row shows other samples of the same law.")
+    return "\n".join(lines)
 
 
 def command_train_dit(args: argparse.Namespace) -> int:
@@ -201,28 +246,37 @@ def command_model_card(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m free_core", description="FREE speculative sampling for DiTs")
     sub = parser.add_subparsers(dest="command", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show the traceback of an error")
 
-    sample = sub.add_parser("sample", help="sample with the baseline and/or FREE and print the statistics")
-    sample.add_argument("--model", default="embedded", help="'embedded', a .safetensors/.pt path, or random:<config> "
-                        f"with config in {sorted(DIT_CONFIGS)}")
-    sample.add_argument("--drafter", default=None, help="'embedded' (learned FREE drafter), 'frozen', or a drafter file")
-    sample.add_argument("--mode", default="compare", choices=["off", "strict", "relax", "compare"])
-    sample.add_argument("--steps", type=int, default=250)
-    sample.add_argument("--batch", type=int, default=8)
+    sample = sub.add_parser("sample", parents=[common], formatter_class=HelpFormatter,
+                            help="sample with the baseline and/or FREE and print the statistics")
+    sample.add_argument("--model", default="embedded", help=f"the DiT: {DIT_CHOICES}; configs: {', '.join(sorted(DIT_CONFIGS))}")
+    sample.add_argument("--drafter", default=None, help=f"{DRAFTER_CHOICES} (default: embedded for the embedded DiT, else frozen)")
+    sample.add_argument("--mode", default="compare", choices=sorted(SAMPLE_RUNS),
+                        help="off: the plain ancestral sampler; strict: FREE, exactly its law; relax: faster, approximate; "
+                             "compare: all three from the same noise")
+    sample.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="denoising steps of the respaced DDPM schedule (the DiT paper samples 250)")
+    sample.add_argument("--batch", type=int, default=8, help="samples per run (one per class, cycling through --labels)")
     sample.add_argument("--cfg", type=float, default=EMBEDDED_CFG_SCALE, help="classifier-free guidance scale (1 = off)")
     sample.add_argument("--variance", default=None, choices=VARIANCE_MODES, help="default: learned if the model learns sigma")
-    sample.add_argument("--draft-length", type=int, default=6)
-    sample.add_argument("--relax-strength", type=float, default=8.0,
-                        help="relax mode: how much to temper acceptance in late steps (docs/benchmarks.md measures 2, 8, 32)")
+    sample.add_argument("--draft-length", type=int, default=DEFAULT_DRAFT_LENGTH,
+                        help="K, the transitions drafted per round (with --draft-policy adaptive: the largest K)")
+    sample.add_argument("--draft-policy", default="fixed", choices=DRAFT_POLICIES,
+                        help="fixed K, or adaptive K from the acceptance so far and the DiT's measured cost")
+    sample.add_argument("--relax-strength", type=float, default=None,
+                        help=f"relax (and compare) only: how much to temper acceptance in late steps (unset: "
+                             f"{DEFAULT_RELAX_STRENGTH:g}; docs/benchmarks.md measures 2, 8, 32)")
     sample.add_argument("--labels", default=None, help="comma-separated class indices (default 0, 1, 2, ...)")
-    sample.add_argument("--seed", type=int, default=0)
-    sample.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    sample.add_argument("--out", default="samples.png")
-    sample.add_argument("--scale", type=int, default=4, help="PNG upscaling factor")
+    sample.add_argument("--seed", type=int, default=0, help="the same seed gives the same samples")
+    sample.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
+    sample.add_argument("--repeats", type=int, default=1, help="runs per sampler; the wall clock reported is their median")
+    sample.add_argument("--out", default="samples.png", help="the labelled image grid (latent models: a .latents.pt)")
+    sample.add_argument("--scale", type=int, default=4, help="image upscaling factor (pixel repetition)")
     sample.add_argument("--json", default=None, help="also write the statistics as JSON")
     sample.set_defaults(handler=command_sample)
 
-    train = sub.add_parser("train-dit", help="train a DiT on the procedural data (torchrun-ready, resumable)")
+    train = sub.add_parser("train-dit", parents=[common], formatter_class=HelpFormatter, help="train a DiT on the procedural data (torchrun-ready, resumable)")
     train.add_argument("--out", default="runs/dit")
     train.add_argument("--config", default="DiT-Tiny/4")
     train.add_argument("--hidden-size", type=int, default=None)
@@ -247,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .train_drafter import DrafterTrainConfig
 
     drafter_defaults = DrafterTrainConfig()
-    drafter = sub.add_parser("train-drafter", help="train a FREE drafter for a DiT (torchrun-ready, resumable)")
+    drafter = sub.add_parser("train-drafter", parents=[common], formatter_class=HelpFormatter, help="train a FREE drafter for a DiT (torchrun-ready, resumable)")
     drafter.add_argument("--dit", default=drafter_defaults.dit,
                          help="'embedded' or a DiT weights file (official DiT-XL/2 works)")
     drafter.add_argument("--out", default=drafter_defaults.out)
@@ -267,7 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     drafter.add_argument("--device", default=drafter_defaults.device)
     drafter.set_defaults(handler=command_train_drafter)
 
-    bench = sub.add_parser("bench", help="baseline vs FREE strict/relax vs frozen drafter, side by side")
+    bench = sub.add_parser("bench", parents=[common], formatter_class=HelpFormatter, help="baseline vs FREE strict/relax vs frozen drafter, side by side")
     bench.add_argument("--quick", action="store_true", help="a < 2 minute run with every field (used by the tests)")
     bench.add_argument("--json", default=None, help="also write the results as JSON")
     bench.add_argument("--out-dir", default="docs", help="where benchmarks.md and images/ go")
@@ -285,20 +339,20 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--sections", default=None, help="comma-separated subset of speed,quality,cost")
     bench.set_defaults(handler=command_bench)
 
-    report = sub.add_parser("bench-report", help="merge bench JSON files (e.g. speed and quality parts) into one report")
+    report = sub.add_parser("bench-report", parents=[common], formatter_class=HelpFormatter, help="merge bench JSON files (e.g. speed and quality parts) into one report")
     report.add_argument("results", nargs="+", help="JSON files written by `bench --json`")
     report.add_argument("--out-dir", default="docs", help="where benchmarks.md and images/ go")
     report.add_argument("--json", default=None, help="also write the merged results as JSON")
     report.set_defaults(handler=command_bench_report)
 
-    card = sub.add_parser("model-card", help="measure the shipped weights and write free_core/weights/MODEL_CARD.md")
+    card = sub.add_parser("model-card", parents=[common], formatter_class=HelpFormatter, help="measure the shipped weights and write free_core/weights/MODEL_CARD.md")
     card.add_argument("--quality-samples", type=int, default=500)
     card.add_argument("--quality-draft-length", type=int, default=2, help="K of the strict quality run")
     card.add_argument("--notes", default=str(WEIGHTS_DIR / "model_card_notes.json"),
                       help="JSON with training notes for the card (default: the shipped weights' notes)")
     card.set_defaults(handler=command_model_card)
 
-    classifier = sub.add_parser("train-classifier", help="train the metric classifier on the procedural data")
+    classifier = sub.add_parser("train-classifier", parents=[common], formatter_class=HelpFormatter, help="train the metric classifier on the procedural data")
     classifier.add_argument("--out", default="runs/classifier.safetensors")
     classifier.add_argument("--steps", type=int, default=600)
     classifier.add_argument("--seed", type=int, default=0)
@@ -310,7 +364,13 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     args.command_line = shlex.join(["python", "-m", "free_core", *argv])
-    return args.handler(args)
+    try:
+        return args.handler(args)
+    except OptionError as error:  # a user's input: one line, argparse style, unless --debug asks for the traceback
+        if getattr(args, "debug", False):
+            raise
+        print(f"python -m free_core {args.command}: error: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

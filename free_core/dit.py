@@ -182,6 +182,9 @@ class DiT(nn.Module):
         self.num_classes = config.num_classes
         self.hidden_size = config.hidden_size
         self.input_size = config.input_size
+        # Which weights these are, for messages and for matching drafters (set by the loader).
+        self.source_name: str = "a randomly initialised DiT"
+        self.weights_fingerprint: str = ""
 
         self.x_embedder = PatchEmbed(config.input_size, config.patch_size, config.in_channels, config.hidden_size)
         self.t_embedder = TimestepEmbedder(config.hidden_size)

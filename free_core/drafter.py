@@ -21,11 +21,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .drafting import DraftContext
+from .checkpoints import safetensors_keys_and_metadata
 from .dit import DiT, modulate
 
 
@@ -87,37 +87,53 @@ def drafter_for(dit: DiT, history_length: int = 2, hidden: int | None = None) ->
     config = DrafterConfig(width=dit.hidden_size, tokens=dit.num_tokens, hidden=hidden or dit.hidden_size // 2,
                            history_length=history_length)
     drafter = FreeDrafter(config)
-    drafter.dit_fingerprint = getattr(dit, "weights_fingerprint", "")
+    drafter.dit_fingerprint = dit.weights_fingerprint
     return drafter.to(next(dit.parameters()).device)
 
 
-def save_drafter(path: str | Path, drafter: FreeDrafter, extra_metadata: dict[str, str] | None = None) -> Path:
+def save_drafter(path: str | Path, drafter: FreeDrafter, trained_for: str, train_steps: int = 0,
+                 sampling_steps: tuple[int, ...] = (), cfg_scales: tuple[float, ...] = (),
+                 final_loss: float | None = None) -> Path:
+    """The one writer of drafter files: weights, config, the DiT they belong to, and how they were trained."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     metadata = {
         "format": "free_core.drafter",
         "config": json.dumps(drafter.config.to_dict()),
         "dit_fingerprint": drafter.dit_fingerprint,
-        **(extra_metadata or {}),
+        "trained_for": trained_for,
+        "train_steps": str(train_steps),
+        "sampling_steps": ",".join(str(n) for n in sampling_steps),
+        "cfg_scales": ",".join(f"{s:g}" for s in cfg_scales),
     }
+    if final_loss is not None:
+        metadata["final_loss"] = f"{final_loss:.6f}"
     state = {k: v.detach().contiguous().cpu() for k, v in drafter.state_dict().items()}
     save_file(state, str(path), metadata=metadata)
     return path
 
 
-def load_drafter(path: str | Path, dit: DiT, device: str | torch.device = "cpu") -> FreeDrafter:
-    """Load a drafter, refusing one trained for another DiT (width, tokens or weights fingerprint)."""
+def read_drafter_metadata(path: str | Path) -> dict[str, str]:
+    """The one reader of a drafter file's metadata (files written before train_steps say train_step)."""
     path = Path(path)
     if path.suffix != ".safetensors":
         raise ValueError(f"drafters are stored as .safetensors; got {path.name}")
     if not path.is_file():
         raise FileNotFoundError(f"no such drafter file: {path}")
-    with safe_open(str(path), framework="pt") as handle:
-        metadata = handle.metadata() or {}
+    metadata = dict(safetensors_keys_and_metadata(path)[1])
     if metadata.get("format") != "free_core.drafter":
         raise ValueError(f"{path.name} is not a FREE drafter file (metadata format={metadata.get('format')!r})")
+    if "train_step" in metadata:
+        metadata.setdefault("train_steps", metadata.pop("train_step"))
+    return metadata
+
+
+def load_drafter(path: str | Path, dit: DiT, device: str | torch.device = "cpu") -> FreeDrafter:
+    """Load a drafter, refusing one trained for another DiT (width, tokens or weights fingerprint)."""
+    path = Path(path)
+    metadata = read_drafter_metadata(path)
     config = DrafterConfig(**json.loads(metadata["config"]))
-    dit_name = getattr(dit, "source_name", "the loaded DiT")
+    dit_name = dit.source_name
     trained_for = metadata.get("trained_for", "another DiT")
     if (config.width, config.tokens) != (dit.hidden_size, dit.num_tokens):
         raise ValueError(
@@ -125,7 +141,7 @@ def load_drafter(path: str | Path, dit: DiT, device: str | torch.device = "cpu")
             f"({trained_for}), but {dit_name} has width {dit.hidden_size} and {dit.num_tokens} tokens; "
             "load the drafter trained for this DiT or train one with `python -m free_core train-drafter`"
         )
-    fingerprint = getattr(dit, "weights_fingerprint", "")
+    fingerprint = dit.weights_fingerprint
     if metadata.get("dit_fingerprint") and fingerprint and metadata["dit_fingerprint"] != fingerprint:
         raise ValueError(
             f"drafter {path.name} was trained for DiT weights {metadata['dit_fingerprint']} ({trained_for}), "

@@ -48,9 +48,7 @@ def _trainable_copy(dit: DiT) -> DiT:
         return dit.eval().requires_grad_(False)
     copy = DiT(dit.config).to(next(dit.parameters()).device)
     copy.load_state_dict({k: v.clone() for k, v in dit.state_dict().items()})
-    for name in ("weights_fingerprint", "source_name"):
-        if hasattr(dit, name):
-            setattr(copy, name, getattr(dit, name))
+    copy.source_name, copy.weights_fingerprint = dit.source_name, dit.weights_fingerprint
     return copy.eval().requires_grad_(False)
 
 

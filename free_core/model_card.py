@@ -14,13 +14,14 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from .checkpoints import EMBEDDED_CFG_SCALE, EMBEDDED_CLASSIFIER, EMBEDDED_DIT, EMBEDDED_DRAFTER, WEIGHTS_DIR, load_embedded_dit, sha256_file
+from .checkpoints import EMBEDDED_CFG_SCALE, EMBEDDED_CLASSIFIER, EMBEDDED_DIT, EMBEDDED_DRAFTER, WEIGHTS_DIR, sha256_file
 from .denoiser import GuidedDenoiser
 from .diffusion import GaussianDiffusion
-from .draft_length import AdaptiveDraftLength
-from .drafter import load_drafter
+from .drafter import read_drafter_metadata
 from .drafting import FrozenDrafter
 from .eval import load_classifier, quality_report, reference_features
+from .model_specs import EMBEDDED, resolve_dit, resolve_drafter
+from .options import SamplerOptions
 from .sampling import initial_noise, sample_ancestral
 from .speculative import sample_speculative
 
@@ -29,21 +30,23 @@ def measure(steps: int = 250, batch: int = 8, quality_samples: int = 500, seed: 
             cfg_scale: float = EMBEDDED_CFG_SCALE, log=print) -> dict:
     """Calls at K=6 and adaptive; quality of strict at `quality_draft_length` (strict's law does not depend on K,
     and a short K evaluates fewer states, which is what the quality run costs)."""
-    model = load_embedded_dit()
-    learned = load_drafter(EMBEDDED_DRAFTER, model)
+    model = resolve_dit(EMBEDDED)
+    learned = resolve_drafter(EMBEDDED, model)
     denoiser = GuidedDenoiser(model, GaussianDiffusion.respaced(steps), cfg_scale=cfg_scale)
     g = torch.Generator().manual_seed(seed)
     x_T = initial_noise((batch, 3, model.input_size, model.input_size), g)
     labels = torch.arange(batch) % model.num_classes
     calls = {}
-    for name, drafter, k in [("baseline", None, None), ("strict, frozen drafter, K=6", FrozenDrafter(), 6),
-                             ("strict, learned drafter, K=6", learned, 6),
-                             ("strict, learned drafter, adaptive K", learned, AdaptiveDraftLength())]:
+    fixed = SamplerOptions(steps=steps, cfg=cfg_scale, draft_length=6, seed=seed)
+    adaptive = SamplerOptions(steps=steps, cfg=cfg_scale, draft_length=8, draft_policy="adaptive", seed=seed)
+    for name, drafter, options in [("baseline", None, None), ("strict, frozen drafter, K=6", FrozenDrafter(), fixed),
+                                   ("strict, learned drafter, K=6", learned, fixed),
+                                   ("strict, learned drafter, adaptive K", learned, adaptive)]:
         generator = torch.Generator().manual_seed(seed + 1)
         if drafter is None:
             _, stats = sample_ancestral(denoiser, x_T, labels, generator)
         else:
-            _, stats = sample_speculative(denoiser, drafter, x_T, labels, generator, draft_length=k)
+            _, stats = sample_speculative(denoiser, drafter, x_T, labels, generator, draft_length=options.policy())
         calls[name] = stats.to_dict()
         log(f"{name}: {stats.sequential_dit_calls} sequential DiT calls ({stats.call_reduction():.2f}x fewer), "
             f"acceptance {stats.acceptance_rate:.3f}, {stats.wall_time_s:.1f} s")
@@ -72,7 +75,7 @@ def _metadata(path: Path) -> dict[str, str]:
 
 def write_model_card(results: dict, training_notes: dict[str, str]) -> Path:
     dit_meta = _metadata(EMBEDDED_DIT)
-    drafter_meta = _metadata(EMBEDDED_DRAFTER)
+    drafter_meta = read_drafter_metadata(EMBEDDED_DRAFTER)
     classifier_meta = _metadata(EMBEDDED_CLASSIFIER)
     lines = [
         "# Embedded models: model card",
@@ -94,7 +97,7 @@ def write_model_card(results: dict, training_notes: dict[str, str]) -> Path:
         "",
         "## FREE drafter",
         f"- config: `{drafter_meta.get('config')}`; trained on trajectories at {drafter_meta.get('sampling_steps')} steps, "
-        f"CFG scales {drafter_meta.get('cfg_scales')}, {drafter_meta.get('train_step')} steps",
+        f"CFG scales {drafter_meta.get('cfg_scales')}, {drafter_meta.get('train_steps')} steps",
         f"- training: {training_notes.get('drafter', '')}",
         "",
         "## Metric classifier",

@@ -195,10 +195,8 @@ def train_drafter(cfg: DrafterTrainConfig, dit: DiT | None = None) -> tuple[Path
             out_dir.mkdir(parents=True, exist_ok=True)
             torch.save({"drafter": drafter.state_dict(), "optimizer": optimizer.state_dict(), "step": step}, resume_path.with_suffix(".tmp"))
             resume_path.with_suffix(".tmp").replace(resume_path)
-            save_drafter(out_dir / "drafter.safetensors", drafter, {
-                "train_step": str(step), "sampling_steps": ",".join(str(n) for n in cfg.sampling_steps),
-                "cfg_scales": ",".join(str(s) for s in cfg.cfg_scales), "trained_for": getattr(dit, "source_name", "DiT"),
-            })
+            save_drafter(out_dir / "drafter.safetensors", drafter, dit.source_name, train_steps=step,
+                         sampling_steps=cfg.sampling_steps, cfg_scales=cfg.cfg_scales)
 
     losses: list[float] = []
     while step < cfg.train_steps:
@@ -232,7 +230,7 @@ def _collect_or_load(cfg: DrafterTrainConfig, dit: DiT, ctx: DistributedContext,
     """One trajectory set per (sampling step count, CFG scale), cached in `out_dir` under the DiT's fingerprint."""
     datasets = []
     per_rank = max(1, cfg.trajectories // ctx.world_size)
-    fingerprint = getattr(dit, "weights_fingerprint", "unknown")
+    fingerprint = dit.weights_fingerprint or "unknown"
     for steps, scale, diffusion, seed in trajectory_sets(cfg, ctx.rank):
         cache = out_dir / f"trajectories_{fingerprint}_cfg{scale:g}_steps{steps}_n{per_rank}_rank{ctx.rank}_seed{cfg.seed}.pt"
         if cache.is_file():

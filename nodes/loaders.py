@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from ..free_core.checkpoints import EMBEDDED_DIT, EMBEDDED_DRAFTER, load_dit
-from ..free_core.drafter import load_drafter
-from ..free_core.drafting import FrozenDrafter
+from ..free_core.model_specs import EMBEDDED, FROZEN, resolve_dit, resolve_drafter
 from .comfy_model import free_dit_of, model_patcher_for
 from .model_folders import DRAFTER_FOLDER, dit_folder, full_path, list_files
 
-EMBEDDED = "embedded"
-FROZEN = "frozen (training-free)"
+FROZEN_CHOICE = "frozen (training-free)"
 DIT_SUFFIXES = (".safetensors", ".pt", ".pth")
 
 
@@ -29,15 +26,8 @@ class FREEDiTLoader:
     CATEGORY = "FREE"
 
     def load(self, dit_name: str):
-        if dit_name == EMBEDDED:
-            if not EMBEDDED_DIT.is_file():
-                raise FileNotFoundError(f"the embedded DiT weights are missing at {EMBEDDED_DIT}; reinstall ComfyUI-FREE")
-            path = EMBEDDED_DIT
-        else:
-            path = full_path(dit_folder(), dit_name)
-        dit = load_dit(path)
-        dit.source_name = f"DiT {dit_name!r}"
-        return (model_patcher_for(dit),)
+        spec = dit_name if dit_name == EMBEDDED else full_path(dit_folder(), dit_name)
+        return (model_patcher_for(resolve_dit(spec, option="dit_name")),)
 
 
 class FREEDrafterLoader:
@@ -49,7 +39,7 @@ class FREEDrafterLoader:
     def INPUT_TYPES(cls):
         return {"required": {
             "model": ("MODEL",),
-            "drafter_name": ([EMBEDDED, FROZEN] + list_files(DRAFTER_FOLDER, (".safetensors",)), {
+            "drafter_name": ([EMBEDDED, FROZEN_CHOICE] + list_files(DRAFTER_FOLDER, (".safetensors",)), {
                 "tooltip": "'embedded' belongs to the embedded DiT; 'frozen' reuses the last DiT output and works with "
                            "any DiT; a file must have been trained for this DiT (FREE Train Drafter)."}),
         }}
@@ -59,13 +49,8 @@ class FREEDrafterLoader:
     CATEGORY = "FREE"
 
     def load(self, model, drafter_name: str):
-        if drafter_name == FROZEN:
-            return (FrozenDrafter(),)
-        dit = free_dit_of(model)
-        if drafter_name == EMBEDDED:
-            if not EMBEDDED_DRAFTER.is_file():
-                raise FileNotFoundError(f"the embedded drafter is missing at {EMBEDDED_DRAFTER}; reinstall ComfyUI-FREE")
-            path = EMBEDDED_DRAFTER
+        if drafter_name == FROZEN_CHOICE:
+            spec = FROZEN
         else:
-            path = full_path(DRAFTER_FOLDER, drafter_name)
-        return (load_drafter(path, dit),)
+            spec = drafter_name if drafter_name == EMBEDDED else full_path(DRAFTER_FOLDER, drafter_name)
+        return (resolve_drafter(spec, free_dit_of(model), option="drafter_name"),)

@@ -16,7 +16,9 @@ import comfy.utils
 
 from ..free_core.batch_conditioning import boundary_groups, refuse_row_dependent_conditioning, timestep_boundaries
 from ..free_core.checkpoints import EMBEDDED_CFG_SCALE
-from ..free_core.generate import DRAFT_POLICIES, SAMPLER_MODES, draft_length_policy, generate
+from ..free_core.generate import generate
+from ..free_core.options import (DEFAULT_DRAFT_LENGTH, DEFAULT_RELAX_STRENGTH, DEFAULT_STEPS, DRAFT_POLICIES,
+                                 MAX_DRAFT_LENGTH, MAX_STEPS, SAMPLER_MODES, SamplerOptions)
 from ..free_core.k_diffusion_sampler import AncestralStep, sample_free_euler_ancestral
 from ..free_core.stats import SamplingStats
 from .canvas_text import show_on_node
@@ -25,9 +27,10 @@ from .comfy_model import free_dit_of, labels_from_conditioning
 MODE_TOOLTIP = "strict: exactly the plain sampler's law; relax: faster, approximate; off: plain ancestral baseline"
 DRAFT_INPUTS = {
     "mode": (list(SAMPLER_MODES), {"tooltip": MODE_TOOLTIP}),
-    "draft_length": ("INT", {"default": 6, "min": 1, "max": 64, "tooltip": "K: transitions drafted per round"}),
+    "draft_length": ("INT", {"default": DEFAULT_DRAFT_LENGTH, "min": 1, "max": MAX_DRAFT_LENGTH,
+                             "tooltip": "K: transitions drafted per round (adaptive: the largest K tried)"}),
     "draft_policy": (list(DRAFT_POLICIES), {"tooltip": "fixed K, or adaptive K from the acceptance so far"}),
-    "relax_strength": ("FLOAT", {"default": 8.0, "min": 0.0, "max": 100.0, "step": 0.1,
+    "relax_strength": ("FLOAT", {"default": DEFAULT_RELAX_STRENGTH, "min": 0.0, "max": 100.0, "step": 0.1,
                                  "tooltip": "relax mode only: how much to temper acceptance in the last steps"}),
 }
 
@@ -46,7 +49,7 @@ class FREEKSampler:
             "negative": ("CONDITIONING",),
             "latent_image": ("LATENT", {"tooltip": "gives the batch size and shape (FREE Empty Latent); sampling starts from noise"}),
             "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF}),
-            "steps": ("INT", {"default": 50, "min": 1, "max": 1000}),
+            "steps": ("INT", {"default": DEFAULT_STEPS, "min": 1, "max": MAX_STEPS}),
             "cfg": ("FLOAT", {"default": EMBEDDED_CFG_SCALE, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01}),
             **DRAFT_INPUTS,
         }, "hidden": {"node_id": "UNIQUE_ID"}}
@@ -58,6 +61,8 @@ class FREEKSampler:
 
     def sample(self, model, drafter, positive, negative, latent_image, seed: int, steps: int, cfg: float,
                mode: str, draft_length: int, draft_policy: str, relax_strength: float, node_id: str | None = None):
+        options = SamplerOptions.from_node_widgets(mode, draft_length, draft_policy, relax_strength, steps=steps, cfg=cfg,
+                                                   seed=seed)
         dit = free_dit_of(model)
         samples = latent_image["samples"]
         expected = (dit.in_channels, dit.input_size, dit.input_size)
@@ -88,8 +93,7 @@ class FREEKSampler:
             show_on_node(node_id, f"step {info['steps_done']} of {info['total_steps']}, "
                                   f"{info['round']} DiT calls so far")
 
-        x0, stats = generate(dit, drafter, labels, seed, steps, cfg, mode, draft_length_policy(draft_length, draft_policy),
-                             relax_strength, device, on_round)
+        x0, stats = generate(dit, drafter, labels, options, device, on_round)
         logging.info("FREE KSampler\n%s", stats.summary())
         show_on_node(node_id, stats.headline())
         out = dict(latent_image)
@@ -140,15 +144,17 @@ class FREESampler:
 
     def get_sampler(self, mode: str, draft_length: int, draft_policy: str, relax_strength: float, eta: float = 1.0,
                     s_noise: float = 1.0, node_id: str | None = None):
+        # steps, cfg and seed are SamplerCustom's
+        options = SamplerOptions.from_node_widgets(mode, draft_length, draft_policy, relax_strength)
         channel = SamplerStatsChannel()
         report = {"stats_channel": channel, "node_id": node_id}
         if mode == "off":
             sampler = comfy.samplers.KSAMPLER(_core_euler_ancestral, extra_options={"eta": eta, "s_noise": s_noise, **report})
             return (sampler, channel)
         AncestralStep(eta=eta, s_noise=s_noise).check_stochastic()  # before any model runs
-        options = {"draft_length": draft_length_policy(draft_length, draft_policy), "mode": mode,
-                   "relax_strength": relax_strength if mode == "relax" else 0.0, "eta": eta, "s_noise": s_noise, **report}
-        return (comfy.samplers.KSAMPLER(_free_euler_ancestral, extra_options=options), channel)
+        extra = {"draft_length": options.policy(), "mode": mode, "relax_strength": options.strength, "eta": eta,
+                 "s_noise": s_noise, **report}
+        return (comfy.samplers.KSAMPLER(_free_euler_ancestral, extra_options=extra), channel)
 
 
 def base_model(model):

@@ -51,7 +51,7 @@ class FREETrainDrafter:
         drafter, losses = fit_drafter(dit, cfg, on_progress)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         partial = path + ".partial"
-        save_drafter(partial, drafter, {"trained_for": getattr(dit, "source_name", "DiT"), "sampling_steps": str(sampling_steps),
-                                        "train_steps": str(train_steps), "final_loss": f"{losses[-1]:.6f}"})
+        save_drafter(partial, drafter, dit.source_name, train_steps=len(losses), sampling_steps=cfg.sampling_steps,
+                     cfg_scales=cfg.cfg_scales, final_loss=losses[-1])
         os.replace(partial, path)
         return {"ui": {"text": [f"saved {path} (final loss {losses[-1]:.4f})"]}, "result": (drafter,)}

@@ -26,3 +26,115 @@ def test_comma_separated_options_refuse_a_bad_value_naming_it(capsys):
         main(["train-drafter", "--sampling-steps", "50,abc"])
     error = capsys.readouterr().err
     assert "--sampling-steps" in error and "expected comma-separated int values" in error and "'50,abc'" in error
+
+
+@pytest.fixture(scope="module")
+def bad_files(tmp_path_factory):
+    """A truncated safetensors file, a pickled .pt whose payload would create a file, a drafter of another DiT."""
+    import torch
+
+    from free_core.checkpoints import load_dit, save_dit
+    from free_core.dit import DiT, dit_config
+    from free_core.drafter import drafter_for, save_drafter
+
+    folder = tmp_path_factory.mktemp("bad_inputs")
+    (folder / "corrupt.safetensors").write_bytes(b"garbage that is not a safetensors header" * 3)
+    torch.save({"weight": torch.zeros(2), "payload": _Payload(str(folder / "PAYLOAD_RAN"))}, folder / "pickled.pt")
+    save_dit(folder / "other.safetensors", DiT(dit_config("DiT-Micro/8")))
+    other = load_dit(folder / "other.safetensors")
+    save_drafter(folder / "other_drafter.safetensors", drafter_for(other), other.source_name)
+    return folder
+
+
+class _Payload:
+    """Unpickling this opens (creates) a file: the test checks that it never ran."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+BAD_INPUTS = [  # (arguments, words the one-line message must contain)
+    (["--draft-length", "0"], ["--draft-length", "= 0", "from 1 to 64"]),
+    (["--draft-length", "-3"], ["--draft-length", "= -3"]),
+    (["--relax-strength", "-1"], ["--relax-strength", "= -1.0", ">= 0"]),
+    (["--batch", "0"], ["--batch 0", ">= 1"]),
+    (["--model", "{dir}/missing.safetensors"], ["--model", "missing.safetensors", "no such file"]),
+    (["--model", "{dir}/corrupt.safetensors"], ["--model", "corrupt.safetensors", "not a readable .safetensors file"]),
+    (["--model", "{dir}/pickled.pt"], ["--model", "pickled.pt", "never unpickles", ".safetensors"]),
+    (["--labels", "a,b"], ["--labels", "'a,b'", "class indices"]),
+    (["--labels", "3,12"], ["--labels", "[12] out of range", "0..9"]),
+    (["--model", "random:Foo/2"], ["--model random:Foo/2", "unknown DiT config", "DiT-Micro/8"]),
+    (["--drafter", "{dir}/other_drafter.safetensors"], ["--drafter", "other_drafter.safetensors", "other.safetensors",
+                                                        "width 64", "width 128"]),
+    (["--mode", "strict", "--relax-strength", "3"], ["--relax-strength", "mode relax only", "strict"]),
+    (["--mode", "off", "--relax-strength", "3"], ["--relax-strength", "mode relax only"]),
+    (["--steps", "0"], ["--steps", "= 0", "from 1 to 1000"]),
+    (["--cfg", "-2"], ["--cfg", "= -2.0", ">= 0"]),
+    (["--seed", "-1"], ["--seed", "= -1"]),
+    (["--device", "tpu:9"], ["--device", "tpu:9"]),
+]
+
+
+@pytest.mark.parametrize("arguments, words", BAD_INPUTS, ids=[" ".join(a) for a, _ in BAD_INPUTS])
+def test_each_bad_input_is_one_line_exit_2_before_any_model_runs(arguments, words, bad_files, monkeypatch, capsys):
+    import free_core.cli
+
+    def no_sampling(*args, **kwargs):
+        raise AssertionError("a model ran before the bad input was refused")
+
+    monkeypatch.setattr(free_core.cli, "generate", no_sampling)
+    arguments = [a.format(dir=bad_files) for a in arguments]
+    code = main(["sample", "--steps", "250", "--out", str(bad_files / "never.png"), *arguments])
+    error = capsys.readouterr().err
+    assert code == 2
+    lines = error.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("python -m free_core sample: error: "), error
+    for word in words:
+        assert word.format(dir=bad_files) in lines[0], (word, lines[0])
+    assert "weights_only=False" not in error and not (bad_files / "never.png").exists()
+    assert not (bad_files / "PAYLOAD_RAN").exists()
+
+
+def test_a_bad_input_in_a_real_process_has_no_traceback_and_debug_shows_it(bad_files):
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "free_core", "sample", "--model", str(bad_files / "pickled.pt")]
+    quiet = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert quiet.returncode == 2 and "Traceback" not in quiet.stderr and len(quiet.stderr.strip().splitlines()) == 1
+    loud = subprocess.run(command + ["--debug"], capture_output=True, text=True, timeout=300)
+    assert loud.returncode != 0 and "Traceback" in loud.stderr and "OptionError" in loud.stderr
+    assert not (bad_files / "PAYLOAD_RAN").exists()
+
+
+def test_sample_help_shows_every_default():
+    from free_core.cli import build_parser
+
+    sample = build_parser()._subparsers._group_actions[0].choices["sample"]
+    text = sample.format_help()
+    for option in ("--steps", "--batch", "--draft-length", "--out", "--cfg", "--seed", "--repeats", "--scale"):
+        action = next(a for a in sample._actions if option in a.option_strings)
+        assert action.help, f"{option} has no help text"
+        assert f"(default: {action.default})" in " ".join(text.split()), option
+
+
+@pytest.mark.parametrize("mode, policy, strength", [("strict", "fixed", None), ("relax", "adaptive", 2.0), ("off", "fixed", None)])
+def test_cli_flags_node_widgets_and_bench_rows_build_the_same_sampler_options(mode, policy, strength):
+    """One front door: the same settings typed as CLI flags, set on the FREE KSampler's widgets, or run as a bench
+    row become equal SamplerOptions (the node's relax-strength widget always has a value; it counts in relax only)."""
+    from free_core.bench import ADAPTIVE_MAX_LENGTH, BenchConfig, bench_options
+    from free_core.cli import build_parser, sample_options
+    from free_core.options import SamplerOptions
+
+    flags = ["sample", "--mode", mode, "--steps", "40", "--cfg", "3.0", "--draft-length", str(ADAPTIVE_MAX_LENGTH),
+             "--draft-policy", policy, "--seed", "5"] + (["--relax-strength", str(strength)] if strength is not None else [])
+    from_cli = sample_options(build_parser().parse_args(flags))
+    from_node = SamplerOptions.from_node_widgets(mode, ADAPTIVE_MAX_LENGTH, policy, 8.0 if strength is None else strength,
+                                                 steps=40, cfg=3.0, seed=5)
+    bench_k = "adaptive" if policy == "adaptive" else ADAPTIVE_MAX_LENGTH
+    from_bench = bench_options(BenchConfig(cfg_scale=3.0, seed=5), 40, mode, bench_k, strength or 0.0)
+    assert from_cli == from_node == from_bench
+    assert from_cli.strength == (strength or 0.0)

@@ -6,10 +6,11 @@ import torch
 from free_core.class_labels import class_choices, resolve_class
 from free_core.data import CLASS_NAMES
 from free_core.dit import DiT, dit_config
-from free_core.draft_length import FixedDraftLength
+from free_core.draft_length import AdaptiveDraftLength, FixedDraftLength
 from free_core.drafter_fit import fit_drafter
 from free_core.drafting import FrozenDrafter
-from free_core.generate import draft_length_policy, generate
+from free_core.generate import generate
+from free_core.options import OptionError, SamplerOptions
 from free_core.image_tensors import samples_to_images
 from free_core.imagenet_classes import IMAGENET_CLASSES
 from free_core.stats import SamplingStats
@@ -54,29 +55,31 @@ def test_wrong_class_for_the_model_is_a_clear_error(choice, index, classes, mess
 
 def test_generate_is_deterministic_and_strict_saves_calls(micro):
     labels = torch.tensor([1, 2])
-    first, stats = generate(micro, FrozenDrafter(), labels, seed=3, steps=20, cfg_scale=2.0, mode="strict")
-    again, _ = generate(micro, FrozenDrafter(), labels, seed=3, steps=20, cfg_scale=2.0, mode="strict")
-    baseline, base_stats = generate(micro, FrozenDrafter(), labels, seed=3, steps=20, cfg_scale=2.0, mode="off")
+    strict = SamplerOptions(mode="strict", seed=3, steps=20, cfg=2.0)
+    first, stats = generate(micro, FrozenDrafter(), labels, strict)
+    again, _ = generate(micro, FrozenDrafter(), labels, strict)
+    baseline, base_stats = generate(micro, FrozenDrafter(), labels, strict.with_mode("off"))
     assert torch.equal(first, again) and first.shape == (2, 3, 32, 32)
     assert base_stats.rounds == 20 and stats.rounds < 20
-    with pytest.raises(ValueError, match="mode"):
-        generate(micro, FrozenDrafter(), labels, seed=3, steps=20, cfg_scale=2.0, mode="fast")
+    with pytest.raises(OptionError, match="mode"):
+        SamplerOptions(mode="fast")
 
 
-def test_draft_length_policy_names_fixed_and_adaptive():
-    assert isinstance(draft_length_policy(4, "fixed"), FixedDraftLength)
-    assert draft_length_policy(5, "adaptive").label == "adaptive"
-    with pytest.raises(ValueError, match="draft_policy"):
-        draft_length_policy(4, "greedy")
+def test_draft_policy_option_gives_fixed_or_adaptive_k():
+    assert isinstance(SamplerOptions(draft_length=4).policy(), FixedDraftLength)
+    adaptive = SamplerOptions(draft_length=5, draft_policy="adaptive").policy()
+    assert isinstance(adaptive, AdaptiveDraftLength) and adaptive.max_length == 5
+    with pytest.raises(OptionError, match="draft_policy"):
+        SamplerOptions(draft_policy="greedy")
 
 
 def test_stats_plot_and_text(micro):
-    _, stats = generate(micro, FrozenDrafter(), torch.tensor([0]), seed=0, steps=10, cfg_scale=1.0, mode="strict")
+    _, stats = generate(micro, FrozenDrafter(), torch.tensor([0]), SamplerOptions(steps=10, cfg=1.0))
     plot = render_stats_plot(stats)
     assert plot.ndim == 3 and plot.shape[2] == 3 and 0 <= plot.min() and plot.max() <= 1
     assert plot.std() > 0.05  # something is drawn
     assert stats_text(stats).startswith(f"DiT calls saved: {10 - stats.sequential_dit_calls} of 10")
-    _, baseline = generate(micro, FrozenDrafter(), torch.tensor([0]), seed=0, steps=10, cfg_scale=1.0, mode="off")
+    _, baseline = generate(micro, FrozenDrafter(), torch.tensor([0]), SamplerOptions(mode="off", steps=10, cfg=1.0))
     assert render_stats_plot(baseline).shape == plot.shape  # a plain run (no drafts) still plots
 
 

@@ -5,7 +5,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from free_core.checkpoints import weights_fingerprint
-from free_core.drafter import drafter_for, load_drafter, save_drafter
+from free_core.drafter import drafter_for, load_drafter, read_drafter_metadata, save_drafter
 from free_core.dit import DiT, dit_config
 
 EMBEDDED_CONFIG = {"hidden_size": 128, "depth": 6, "num_heads": 4}  # the shipped DiT's size
@@ -49,7 +49,12 @@ def test_drafter_save_load_round_trip(tmp_path):
     drafter = drafter_for(dit)
     for p in drafter.parameters():
         torch.nn.init.normal_(p, std=0.05)
-    path = save_drafter(tmp_path / "d.safetensors", drafter)
+    path = save_drafter(tmp_path / "d.safetensors", drafter, dit.source_name, train_steps=7, sampling_steps=(50, 250),
+                        cfg_scales=(1.0, 2.5), final_loss=0.125)
+    assert read_drafter_metadata(path) | {"config": "-"} == {
+        "format": "free_core.drafter", "config": "-", "dit_fingerprint": dit.weights_fingerprint,
+        "trained_for": dit.source_name, "train_steps": "7", "sampling_steps": "50,250", "cfg_scales": "1,2.5",
+        "final_loss": "0.125000"}
     loaded = load_drafter(path, dit)
     history = torch.randn(2, 2, dit.num_tokens, dit.hidden_size)
     x, t, y = torch.randn(2, 3, 32, 32), torch.tensor([3, 700]), torch.tensor([1, 10])
@@ -60,7 +65,7 @@ def test_drafter_save_load_round_trip(tmp_path):
 
 def test_drafter_for_another_dit_is_refused_naming_both(tmp_path):
     dit = _random_dit(seed=0)
-    path = save_drafter(tmp_path / "d.safetensors", drafter_for(dit), {"trained_for": "DiT A"})
+    path = save_drafter(tmp_path / "d.safetensors", drafter_for(dit), "DiT A")
     other_weights = _random_dit(seed=1)
     other_weights.source_name = "DiT B"
     with pytest.raises(ValueError, match=f"{dit.weights_fingerprint}.*DiT A.*DiT B.*{other_weights.weights_fingerprint}"):

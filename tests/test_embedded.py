@@ -2,11 +2,11 @@
 
 import torch
 
-from free_core.checkpoints import EMBEDDED_CFG_SCALE, EMBEDDED_DRAFTER, load_embedded_dit
+from free_core.checkpoints import EMBEDDED_CFG_SCALE
 from free_core.data import NUM_CLASSES, make_batch
 from free_core.denoiser import GuidedDenoiser
 from free_core.diffusion import GaussianDiffusion
-from free_core.drafter import load_drafter
+from free_core.model_specs import EMBEDDED, resolve_dit, resolve_drafter
 from free_core.eval import class_accuracy, load_classifier
 from free_core.sampling import initial_noise
 from free_core.speculative import sample_speculative
@@ -29,8 +29,8 @@ def test_shipped_dit_draws_the_requested_classes_with_the_shipped_drafter():
     catches it. Class accuracy cannot separate 0.8 from 0.7 at an affordable n; the exact-law tests
     (tests/test_exact_law.py, tests/test_round.py) are what catches inexactness.
     """
-    model = load_embedded_dit()
-    drafter = load_drafter(EMBEDDED_DRAFTER, model)
+    model = resolve_dit(EMBEDDED)
+    drafter = resolve_drafter(EMBEDDED, model)
     denoiser = GuidedDenoiser(model, GaussianDiffusion.respaced(100), cfg_scale=EMBEDDED_CFG_SCALE)
     g = torch.Generator().manual_seed(0)
     labels = torch.arange(4 * NUM_CLASSES) % NUM_CLASSES

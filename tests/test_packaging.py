@@ -41,7 +41,7 @@ def test_pack_modules_import_their_own_code_relatively(path):
         for name in names:
             top = name.split(".")[0]
             assert top not in {"free_core", "nodes"}, f"{path.name}: use a relative import for {name}"
-            assert top in {"comfy", "folder_paths", "torch", "os", "logging", "__future__"} or importlib.util.find_spec(top), name
+            assert top in {"comfy", "folder_paths", "server", "torch", "os", "logging", "__future__"} or importlib.util.find_spec(top), name
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)

@@ -1,0 +1,87 @@
+"""Which DiT and which drafter a run uses, from what the user typed: one resolver, one set of messages.
+
+A DiT is `embedded` (the shipped 32x32 model), a weights file, or `random:<config>` (random weights, to try
+the engine); a drafter is `embedded` (the shipped drafter of the embedded DiT), `frozen` (training-free:
+reuses the last DiT output) or a drafter file. Every failure is an `OptionError` naming the option, the value
+and the fix, in one line; a file that cannot be read is named, and pickled files are never unpickled.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .checkpoints import EMBEDDED_DIT, EMBEDDED_DRAFTER, load_dit
+from .dit import DIT_CONFIGS, DiT, dit_config
+from .drafter import load_drafter
+from .drafting import Drafter, FrozenDrafter
+from .options import OptionError
+
+EMBEDDED = "embedded"
+FROZEN = "frozen"
+RANDOM_PREFIX = "random:"
+DIT_CHOICES = f"'{EMBEDDED}', a DiT weights file (.safetensors, .pt) or {RANDOM_PREFIX}<config>"
+DRAFTER_CHOICES = f"'{EMBEDDED}' (the embedded DiT's), '{FROZEN}' (training-free, any DiT) or a drafter .safetensors file"
+
+
+def check_dit_spec(spec: str, option: str = "--model") -> None:
+    """What can be checked without loading anything: the embedded weights exist, a random config is known."""
+    if spec == EMBEDDED:
+        if not EMBEDDED_DIT.is_file():
+            raise OptionError(f"{option} {EMBEDDED}: the embedded DiT weights are missing at {EMBEDDED_DIT}; "
+                              f"reinstall ComfyUI-FREE, or use {RANDOM_PREFIX}DiT-Micro/8 to try the engine")
+    elif spec.startswith(RANDOM_PREFIX):
+        name = spec[len(RANDOM_PREFIX):]
+        if name not in DIT_CONFIGS:
+            raise OptionError(f"{option} {spec}: unknown DiT config {name!r}; use one of {', '.join(sorted(DIT_CONFIGS))}")
+    elif not Path(spec).is_file():
+        raise OptionError(f"{option} {spec}: no such file; use {DIT_CHOICES}")
+
+
+def resolve_dit(spec: str, device: str | torch.device = "cpu", option: str = "--model") -> DiT:
+    """The DiT named by `spec`, on `device`, in eval mode."""
+    check_dit_spec(spec, option)
+    if spec.startswith(RANDOM_PREFIX):
+        generator = torch.Generator().manual_seed(0)
+        model = DiT(dit_config(spec[len(RANDOM_PREFIX):]))
+        for parameter in model.final_layer.parameters():  # adaLN-Zero init outputs zeros: give the head some signal
+            parameter.data = torch.randn(parameter.shape, generator=generator) * 0.02
+        model.source_name = spec
+        return model.to(device).eval()
+    path = EMBEDDED_DIT if spec == EMBEDDED else Path(spec)
+    try:
+        return load_dit(path, device=device)
+    except (OSError, ValueError) as error:  # unreadable, corrupt, pickled or not a DiT: say which file and why
+        raise OptionError(f"{option} {spec}: {_one_line(error)}") from error
+
+
+def check_drafter_spec(spec: str, option: str = "--drafter") -> None:
+    if spec == FROZEN:
+        return
+    path = EMBEDDED_DRAFTER if spec == EMBEDDED else Path(spec)
+    if not path.is_file():
+        missing = "the embedded drafter is missing" if spec == EMBEDDED else "no such file"
+        raise OptionError(f"{option} {spec}: {missing} at {path}; use {DRAFTER_CHOICES}")
+    if path.suffix != ".safetensors":
+        raise OptionError(f"{option} {spec}: drafters are .safetensors files; use {DRAFTER_CHOICES}")
+
+
+def resolve_drafter(spec: str, dit: DiT, device: str | torch.device = "cpu", option: str = "--drafter") -> Drafter:
+    """The drafter named by `spec` for `dit`; a drafter trained for another DiT is refused naming both."""
+    check_drafter_spec(spec, option)
+    if spec == FROZEN:
+        return FrozenDrafter()
+    try:
+        return load_drafter(EMBEDDED_DRAFTER if spec == EMBEDDED else spec, dit, device=device)
+    except (OSError, ValueError) as error:
+        raise OptionError(f"{option} {spec}: {_one_line(error)}") from error
+
+
+def default_drafter(dit_spec: str) -> str:
+    """The embedded DiT has a learned drafter; any other DiT starts with the training-free one."""
+    return EMBEDDED if dit_spec == EMBEDDED else FROZEN
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())
