@@ -17,7 +17,7 @@ import comfy.model_management
 import comfy.model_patcher
 import comfy.supported_models_base
 
-from ..free_core.dit import DiT
+from ..free_core.models.dit import DiT
 
 LABEL_KEY = "free_class_label"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..free_core.class_labels import class_choices, resolve_class
+from ..free_core.models.class_labels import class_choices, resolve_class
 from .comfy_model import class_conditioning, free_dit_of
 
 

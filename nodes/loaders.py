@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..free_core.model_specs import EMBEDDED, FROZEN, resolve_dit, resolve_drafter
+from ..free_core.models.model_specs import EMBEDDED, FROZEN, resolve_dit, resolve_drafter
 from .comfy_model import free_dit_of, model_patcher_for
 from .model_folders import DRAFTER_FOLDER, dit_folder, full_path, list_files
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ..free_core.image_tensors import samples_to_images
-from ..free_core.stats_plot import render_stats_plot, stats_text
+from ..free_core.frontdoor.image_tensors import samples_to_images
+from ..free_core.evaluation.stats_plot import render_stats_plot, stats_text
 from .canvas_text import show_on_node
 
 

@@ -14,13 +14,13 @@ import comfy.model_sampling
 import comfy.samplers
 import comfy.utils
 
-from ..free_core.batch_conditioning import boundary_groups, refuse_row_dependent_conditioning, timestep_boundaries
-from ..free_core.checkpoints import EMBEDDED_CFG_SCALE
-from ..free_core.generate import generate
-from ..free_core.options import (DEFAULT_DRAFT_LENGTH, DEFAULT_RELAX_STRENGTH, DEFAULT_STEPS, DRAFT_POLICIES,
+from ..free_core.engine.batch_conditioning import boundary_groups, refuse_row_dependent_conditioning, timestep_boundaries
+from ..free_core.models.checkpoints import EMBEDDED_CFG_SCALE
+from ..free_core.frontdoor.generate import generate
+from ..free_core.frontdoor.options import (DEFAULT_DRAFT_LENGTH, DEFAULT_RELAX_STRENGTH, DEFAULT_STEPS, DRAFT_POLICIES,
                                  MAX_DRAFT_LENGTH, MAX_STEPS, SAMPLER_MODES, SamplerOptions)
-from ..free_core.k_diffusion_sampler import AncestralStep, sample_free_euler_ancestral
-from ..free_core.stats import SamplingStats
+from ..free_core.engine.k_diffusion_sampler import AncestralStep, sample_free_euler_ancestral
+from ..free_core.engine.stats import SamplingStats
 from .canvas_text import show_on_node
 from .comfy_model import free_dit_of, labels_from_conditioning
 

@@ -7,9 +7,9 @@ import os
 import comfy.model_management
 import comfy.utils
 
-from ..free_core.drafter import save_drafter
-from ..free_core.drafter_fit import fit_drafter
-from ..free_core.train_drafter import DrafterTrainConfig
+from ..free_core.models.free_drafter import save_drafter
+from ..free_core.training.fit_in_process import fit_drafter
+from ..free_core.training.train_drafter import DrafterTrainConfig
 from .comfy_model import free_dit_of
 from .model_folders import drafter_save_path
 

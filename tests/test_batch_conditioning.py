@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from free_core.batch_conditioning import (boundary_groups, refuse_row_dependent_conditioning, row_dependent_conditioning,
+from free_core.engine.batch_conditioning import (boundary_groups, refuse_row_dependent_conditioning, row_dependent_conditioning,
                                           timestep_boundaries)
 
 

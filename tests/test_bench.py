@@ -8,9 +8,9 @@ import statistics
 import pytest
 import torch
 
-from free_core.bench import merge_results
-from free_core.bench_report import _target_line, target_rows
-from free_core.cli import main
+from free_core.evaluation.bench import merge_results
+from free_core.evaluation.bench_report import _target_line, target_rows
+from free_core.frontdoor.cli import main
 
 SPEED_FIELDS = {"steps", "batch", "sampler", "drafter", "draft_length", "relax_strength", "sequential_dit_calls",
                 "call_reduction", "dit_states", "acceptance", "mean_advance", "wall_time_s", "wall_times_s",
@@ -72,8 +72,8 @@ def _check_speed_values(results):
 
 def _check_quality_values(results):
     """Sampled images score far better than pure N(0, 1) noise on the same classifier and reference features."""
-    from free_core.data import NUM_CLASSES
-    from free_core.eval import class_accuracy, classifier_features, frechet_distance, load_classifier, reference_features
+    from free_core.training.data import NUM_CLASSES
+    from free_core.evaluation.metrics import class_accuracy, classifier_features, frechet_distance, load_classifier, reference_features
 
     config = results["config"]
     n = config["quality_samples"]
@@ -162,7 +162,7 @@ def test_targets_compare_measured_ratios_and_fd_with_the_goals():
 
 
 def test_quality_section_refuses_unknown_samplers():
-    from free_core.bench import BenchConfig, run_quality
+    from free_core.evaluation.bench import BenchConfig, run_quality
 
     with pytest.raises(ValueError, match="quality_samplers"):
         run_quality(BenchConfig(quality_samplers=("baseline", "ddim")), model=None, drafters={}, log=print)

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from free_core.cli import main
+from free_core.frontdoor.cli import main
 
 
 def test_sample_command_writes_png_and_statistics(tmp_path, capsys):
@@ -33,9 +33,9 @@ def bad_files(tmp_path_factory):
     """A truncated safetensors file, a pickled .pt whose payload would create a file, a drafter of another DiT."""
     import torch
 
-    from free_core.checkpoints import load_dit, save_dit
-    from free_core.dit import DiT, dit_config
-    from free_core.drafter import drafter_for, save_drafter
+    from free_core.models.checkpoints import load_dit, save_dit
+    from free_core.models.dit import DiT, dit_config
+    from free_core.models.free_drafter import drafter_for, save_drafter
 
     folder = tmp_path_factory.mktemp("bad_inputs")
     (folder / "corrupt.safetensors").write_bytes(b"garbage that is not a safetensors header" * 3)
@@ -80,12 +80,12 @@ BAD_INPUTS = [  # (arguments, words the one-line message must contain)
 
 @pytest.mark.parametrize("arguments, words", BAD_INPUTS, ids=[" ".join(a) for a, _ in BAD_INPUTS])
 def test_each_bad_input_is_one_line_exit_2_before_any_model_runs(arguments, words, bad_files, monkeypatch, capsys):
-    import free_core.cli
+    import free_core.frontdoor.cli
 
     def no_sampling(*args, **kwargs):
         raise AssertionError("a model ran before the bad input was refused")
 
-    monkeypatch.setattr(free_core.cli, "generate", no_sampling)
+    monkeypatch.setattr(free_core.frontdoor.cli, "generate", no_sampling)
     arguments = [a.format(dir=bad_files) for a in arguments]
     code = main(["sample", "--steps", "250", "--out", str(bad_files / "never.png"), *arguments])
     error = capsys.readouterr().err
@@ -111,7 +111,7 @@ def test_a_bad_input_in_a_real_process_has_no_traceback_and_debug_shows_it(bad_f
 
 
 def test_sample_help_shows_every_default():
-    from free_core.cli import build_parser
+    from free_core.frontdoor.cli import build_parser
 
     sample = build_parser()._subparsers._group_actions[0].choices["sample"]
     text = sample.format_help()
@@ -125,9 +125,9 @@ def test_sample_help_shows_every_default():
 def test_cli_flags_node_widgets_and_bench_rows_build_the_same_sampler_options(mode, policy, strength):
     """One front door: the same settings typed as CLI flags, set on the FREE KSampler's widgets, or run as a bench
     row become equal SamplerOptions (the node's relax-strength widget always has a value; it counts in relax only)."""
-    from free_core.bench import ADAPTIVE_MAX_LENGTH, BenchConfig, bench_options
-    from free_core.cli import build_parser, sample_options
-    from free_core.options import SamplerOptions
+    from free_core.evaluation.bench import ADAPTIVE_MAX_LENGTH, BenchConfig, bench_options
+    from free_core.frontdoor.cli import build_parser, sample_options
+    from free_core.frontdoor.options import SamplerOptions
 
     flags = ["sample", "--mode", mode, "--steps", "40", "--cfg", "3.0", "--draft-length", str(ADAPTIVE_MAX_LENGTH),
              "--draft-policy", policy, "--seed", "5"] + (["--relax-strength", str(strength)] if strength is not None else [])

@@ -3,19 +3,19 @@
 import pytest
 import torch
 
-from free_core.class_labels import class_choices, resolve_class
-from free_core.data import CLASS_NAMES
-from free_core.dit import DiT, dit_config
-from free_core.draft_length import AdaptiveDraftLength, FixedDraftLength
-from free_core.drafter_fit import fit_drafter
-from free_core.drafting import FrozenDrafter
-from free_core.generate import generate
-from free_core.options import OptionError, SamplerOptions
-from free_core.image_tensors import samples_to_images
-from free_core.imagenet_classes import IMAGENET_CLASSES
-from free_core.stats import SamplingStats
-from free_core.stats_plot import render_stats_plot, stats_text
-from free_core.train_drafter import DrafterTrainConfig
+from free_core.models.class_labels import class_choices, resolve_class
+from free_core.training.data import CLASS_NAMES
+from free_core.models.dit import DiT, dit_config
+from free_core.engine.draft_policy import AdaptiveDraftLength, FixedDraftLength
+from free_core.training.fit_in_process import fit_drafter
+from free_core.engine.drafter_interface import FrozenDrafter
+from free_core.frontdoor.generate import generate
+from free_core.frontdoor.options import OptionError, SamplerOptions
+from free_core.frontdoor.image_tensors import samples_to_images
+from free_core.models.imagenet_classes import IMAGENET_CLASSES
+from free_core.engine.stats import SamplingStats
+from free_core.evaluation.stats_plot import render_stats_plot, stats_text
+from free_core.training.train_drafter import DrafterTrainConfig
 
 
 @pytest.fixture(scope="module")

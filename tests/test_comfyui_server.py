@@ -21,9 +21,9 @@ from comfyui.ui_to_api import convert, node_defs_from_object_info
 from comfyui.workflow_files import (CLASS_FRACTION_FLOOR, IMAGE_STD_FLOOR, MICRO_DIT, embedded_weights_present,
                                     load_workflow)
 from comfyui_trees import REPO, TREE_NAMES, tree_for
-from free_core.checkpoints import save_dit
-from free_core.dit import DiT, dit_config
-from free_core.eval import class_accuracy, load_classifier
+from free_core.models.checkpoints import save_dit
+from free_core.models.dit import DiT, dit_config
+from free_core.evaluation.metrics import class_accuracy, load_classifier
 
 STARTUP_TIMEOUT_S = 180
 RUN_TIMEOUT_S = 300

@@ -7,7 +7,7 @@ import pytest
 import torch
 from scipy import stats as scipy_stats
 
-from free_core.coupling import ResidualSamplingError, acceptance_probability_equal_std, maximal_coupling
+from free_core.engine.coupling import ResidualSamplingError, acceptance_probability_equal_std, maximal_coupling
 
 KS_ALPHA = 1e-3  # fixed seeds: each check is one deterministic draw; a wrong law fails by orders of magnitude
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from free_core.diffusion import GaussianDiffusion, spaced_timesteps
+from free_core.engine.diffusion import GaussianDiffusion, spaced_timesteps
 
 
 def test_respacing_keeps_the_base_alphas_cumprod():

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from free_core.checkpoints import load_dit, save_dit
-from free_core.dit import DiT, config_from_state_dict, dit_config
+from free_core.models.checkpoints import load_dit, save_dit
+from free_core.models.dit import DiT, config_from_state_dict, dit_config
 
 
 def _published_dit_xl2_table(latent_size: int) -> dict[str, tuple[int, ...]]:
@@ -146,7 +146,7 @@ def test_pickled_code_is_refused_before_it_runs_by_load_dit(tmp_path, suffix):
 
 
 def test_pickle_renamed_to_safetensors_is_refused_before_it_runs(tmp_path):
-    from free_core.drafter import load_drafter
+    from free_core.models.free_drafter import load_drafter
 
     sentinel = tmp_path / "payload_ran"
     path = _payload_file(tmp_path / "evil.safetensors", sentinel)
@@ -163,7 +163,7 @@ def test_the_payload_is_live(tmp_path):
 
 
 def test_drafter_loader_refuses_pt_files_before_reading_them(tmp_path):
-    from free_core.drafter import load_drafter
+    from free_core.models.free_drafter import load_drafter
 
     sentinel = tmp_path / "payload_ran"
     path = _payload_file(tmp_path / "drafter.pt", sentinel)
@@ -174,8 +174,8 @@ def test_drafter_loader_refuses_pt_files_before_reading_them(tmp_path):
 def test_training_resume_files_are_read_with_weights_only(tmp_path):
     """The resumable state and trajectory caches in a run directory are .pt files too: a planted payload never runs.
     (These raise torch's own UnpicklingError naming weights_only, not the loaders' ValueError.)"""
-    from free_core.train_dit import DiTTrainConfig, train_dit
-    from free_core.train_drafter import DrafterTrainConfig, train_drafter
+    from free_core.training.train_dit import DiTTrainConfig, train_dit
+    from free_core.training.train_drafter import DrafterTrainConfig, train_drafter
 
     sentinel = tmp_path / "payload_ran"
     dit_run = tmp_path / "dit_run"

@@ -2,9 +2,9 @@
 
 import pytest
 
-from free_core.cost import interpolate_cost
-from free_core.draft_length import AdaptiveDraftLength, FixedDraftLength
-from free_core.stats import SamplingStats
+from free_core.engine.cost import interpolate_cost
+from free_core.engine.draft_policy import AdaptiveDraftLength, FixedDraftLength
+from free_core.engine.stats import SamplingStats
 
 
 def _stats_with(accepted: int, proposed: int) -> SamplingStats:

@@ -4,9 +4,9 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from free_core.checkpoints import weights_fingerprint
-from free_core.drafter import drafter_for, load_drafter, read_drafter_metadata, save_drafter
-from free_core.dit import DiT, dit_config
+from free_core.models.checkpoints import weights_fingerprint
+from free_core.models.free_drafter import drafter_for, load_drafter, read_drafter_metadata, save_drafter
+from free_core.models.dit import DiT, dit_config
 
 EMBEDDED_CONFIG = {"hidden_size": 128, "depth": 6, "num_heads": 4}  # the shipped DiT's size
 

@@ -2,14 +2,14 @@
 
 import torch
 
-from free_core.checkpoints import EMBEDDED_CFG_SCALE
-from free_core.data import NUM_CLASSES, make_batch
-from free_core.denoiser import GuidedDenoiser
-from free_core.diffusion import GaussianDiffusion
-from free_core.model_specs import EMBEDDED, resolve_dit, resolve_drafter
-from free_core.eval import class_accuracy, load_classifier
-from free_core.sampling import initial_noise
-from free_core.speculative import sample_speculative
+from free_core.models.checkpoints import EMBEDDED_CFG_SCALE
+from free_core.training.data import NUM_CLASSES, make_batch
+from free_core.engine.denoiser import GuidedDenoiser
+from free_core.engine.diffusion import GaussianDiffusion
+from free_core.models.model_specs import EMBEDDED, resolve_dit, resolve_drafter
+from free_core.evaluation.metrics import class_accuracy, load_classifier
+from free_core.engine.sampling import initial_noise
+from free_core.engine.speculative import sample_speculative
 
 
 def test_shipped_classifier_recognises_real_images():

@@ -3,13 +3,13 @@
 import pytest
 import torch
 
-import free_core.rounds as rounds
-from free_core.denoiser import GuidedDenoiser
-from free_core.diffusion import GaussianDiffusion
-from free_core.drafting import FrozenDrafter
-from free_core.sampling import sample_ancestral
-from free_core.speculative import sample_speculative
-from free_core.two_sample import energy_test
+import free_core.engine.rounds as rounds
+from free_core.engine.denoiser import GuidedDenoiser
+from free_core.engine.diffusion import GaussianDiffusion
+from free_core.engine.drafter_interface import FrozenDrafter
+from free_core.engine.sampling import sample_ancestral
+from free_core.engine.speculative import sample_speculative
+from free_core.evaluation.two_sample import energy_test
 from toy_models import GaussianMixtureDenoiser, mixture
 
 N_SAMPLES = 2000
@@ -93,7 +93,7 @@ def test_each_round_is_one_batched_dit_forward_and_stats_add_up():
 
 
 def test_adaptive_draft_length_keeps_strict_exact():
-    from free_core.draft_length import AdaptiveDraftLength
+    from free_core.engine.draft_policy import AdaptiveDraftLength
 
     denoiser = _toy(2, learn_sigma=True)
     baseline, _ = _run(sample_ancestral, denoiser, 2, seed=0)

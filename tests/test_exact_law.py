@@ -17,15 +17,15 @@ with min(1, q/p), but on rejection draw afresh from q instead of from the residu
 import pytest
 import torch
 
-import free_core.rounds as rounds
+import free_core.engine.rounds as rounds
 from exact_law import exact_law_p_values, linear_gaussian_law
-from free_core.coupling import maximal_coupling
-from free_core.denoiser import GuidedDenoiser
-from free_core.diffusion import GaussianDiffusion
-from free_core.drafting import FrozenDrafter
-from free_core.k_diffusion_sampler import AncestralStep, sample_free_euler_ancestral
-from free_core.speculative import sample_speculative
-from free_core.batch_conditioning import boundary_groups
+from free_core.engine.coupling import maximal_coupling
+from free_core.engine.denoiser import GuidedDenoiser
+from free_core.engine.diffusion import GaussianDiffusion
+from free_core.engine.drafter_interface import FrozenDrafter
+from free_core.engine.k_diffusion_sampler import AncestralStep, sample_free_euler_ancestral
+from free_core.engine.speculative import sample_speculative
+from free_core.engine.batch_conditioning import boundary_groups
 from toy_models import (FirstRowSwitch, FlowGaussianDenoiser, LinearGaussianDenoiser, MixtureSigmaDenoiser, PerturbedDrafter,
                         flow_sigmas, karras_sigmas)
 

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-import free_core.rounds as rounds
-from free_core.k_diffusion_sampler import ancestral_step, sample_euler_ancestral, sample_free_euler_ancestral
-from free_core.two_sample import energy_test
+import free_core.engine.rounds as rounds
+from free_core.engine.k_diffusion_sampler import ancestral_step, sample_euler_ancestral, sample_free_euler_ancestral
+from free_core.evaluation.two_sample import energy_test
 from toy_models import MixtureSigmaDenoiser as MixtureDenoiser, karras_sigmas
 
 N_SAMPLES = 2000
@@ -109,7 +109,7 @@ def test_inpainting_mask_is_refused_with_a_clear_message():
 
 def test_adaptive_draft_length_drafts_when_acceptance_is_high():
     """The policy sees each round's acceptance and a measured cost curve of the black-box model, so it drafts."""
-    from free_core.draft_length import AdaptiveDraftLength
+    from free_core.engine.draft_policy import AdaptiveDraftLength
 
     model = MixtureDenoiser(2, components=1)
     _, stats = _run(sample_free_euler_ancestral, model, 2, seed=0, n=16, draft_length=AdaptiveDraftLength(max_length=6))

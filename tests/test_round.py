@@ -9,10 +9,10 @@ is handed in every round against the chain the sampler actually moved through.
 
 import torch
 
-from free_core.denoiser import GuidedDenoiser
-from free_core.diffusion import GaussianDiffusion
-from free_core.rounds import accept_prefix, verification_layout
-from free_core.speculative import sample_speculative
+from free_core.engine.denoiser import GuidedDenoiser
+from free_core.engine.diffusion import GaussianDiffusion
+from free_core.engine.rounds import accept_prefix, verification_layout
+from free_core.engine.speculative import sample_speculative
 from toy_models import LinearGaussianDenoiser, PerturbedDrafter
 
 

@@ -3,12 +3,12 @@
 import pytest
 import torch
 
-from free_core.denoiser import GuidedDenoiser
-from free_core.diffusion import GaussianDiffusion
-from free_core.dit import DiT, dit_config
-from free_core.drafting import FrozenDrafter
-from free_core.sampling import initial_noise, sample_ancestral
-from free_core.speculative import sample_speculative
+from free_core.engine.denoiser import GuidedDenoiser
+from free_core.engine.diffusion import GaussianDiffusion
+from free_core.models.dit import DiT, dit_config
+from free_core.engine.drafter_interface import FrozenDrafter
+from free_core.engine.sampling import initial_noise, sample_ancestral
+from free_core.engine.speculative import sample_speculative
 
 
 @pytest.fixture(scope="module")

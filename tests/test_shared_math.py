@@ -10,10 +10,10 @@ import math
 import pytest
 import torch
 
-from free_core.denoiser import GuidedDenoiser
-from free_core.diffusion import GaussianDiffusion
-from free_core.k_diffusion_sampler import AncestralStep
-from free_core.relax import relax_temperature
+from free_core.engine.denoiser import GuidedDenoiser
+from free_core.engine.diffusion import GaussianDiffusion
+from free_core.engine.k_diffusion_sampler import AncestralStep
+from free_core.engine.relax import relax_temperature
 
 STEPS = 10  # respaced from 1000: kept timesteps are exactly 0, 111, 222, ..., 999
 

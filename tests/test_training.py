@@ -9,12 +9,12 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from free_core.checkpoints import load_dit, save_dit
-from free_core.data import CLASS_NAMES, make_batch, make_images
-from free_core.drafter import load_drafter
-from free_core.diffusion import GaussianDiffusion
-from free_core.train_dit import DiTTrainConfig, min_snr_weight, train_dit
-from free_core.train_drafter import DrafterTrainConfig, train_drafter
+from free_core.models.checkpoints import load_dit, save_dit
+from free_core.training.data import CLASS_NAMES, make_batch, make_images
+from free_core.models.free_drafter import load_drafter
+from free_core.engine.diffusion import GaussianDiffusion
+from free_core.training.train_dit import DiTTrainConfig, min_snr_weight, train_dit
+from free_core.training.train_drafter import DrafterTrainConfig, train_drafter
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -74,7 +74,7 @@ def test_short_dit_training_lowers_the_loss(tmp_path):
 
 def _micro_dit_file(tmp_path) -> Path:
     torch.manual_seed(0)
-    from free_core.dit import DiT, dit_config
+    from free_core.models.dit import DiT, dit_config
 
     model = DiT(dit_config("DiT-Micro/8"))
     for p in model.parameters():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from free_core.diffusion import GaussianDiffusion
+from free_core.engine.diffusion import GaussianDiffusion
 
 
 class GaussianMixtureDenoiser(nn.Module):

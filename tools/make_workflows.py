@@ -18,7 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from free_core.checkpoints import EMBEDDED_CFG_SCALE  # noqa: E402
+from free_core.models.checkpoints import EMBEDDED_CFG_SCALE  # noqa: E402
 
 DIT_XL_CFG_SCALE = 4.0  # the DiT paper's scale for its sample figures
 

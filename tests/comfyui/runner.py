@@ -178,7 +178,7 @@ class Runner:
             self.canvas.send_progress_text = self.canvas.record
         server.PromptServer.instance = self.canvas
         self.pack_module = sys.modules[nodes.NODE_CLASS_MAPPINGS["FREEKSampler"].__module__.rsplit(".nodes.", 1)[0]]
-        self.free_core = sys.modules[self.pack_module.__name__ + ".free_core.checkpoints"]
+        self.free_core = sys.modules[self.pack_module.__name__ + ".free_core.models.checkpoints"]
         from ui_to_api import convert, node_defs_from_mappings
 
         self.convert = lambda workflow: convert(workflow, node_defs_from_mappings(nodes.NODE_CLASS_MAPPINGS))
@@ -197,7 +197,7 @@ class Runner:
         import torch
         from safetensors.torch import save_file
 
-        dit_module = sys.modules[self.pack_module.__name__ + ".free_core.dit"]
+        dit_module = sys.modules[self.pack_module.__name__ + ".free_core.models.dit"]
         checkpoints = self.free_core
         notes = []
         for resolution in (256, 512):
@@ -276,7 +276,7 @@ class Runner:
             index = label["inputs"]["class_index"]
             requested = index if index >= 0 else int(label["inputs"]["class_name"].split()[0])
             if self._classifier is None:
-                self._classifier = importlib.import_module(self.free_core.__package__ + ".eval").load_classifier()
+                self._classifier = importlib.import_module(self.pack_module.__name__ + ".free_core.evaluation.metrics").load_classifier()
             with torch.no_grad():
                 predictions = self._classifier(_samples(result["raw"][node_id][0][0]).float().cpu()).argmax(1).tolist()
             verdicts[node_id] = {"seed": node["inputs"]["seed"], "mode": node["inputs"]["mode"], "requested": requested,

@@ -14,7 +14,7 @@ FROZEN = "frozen (training-free)"
 
 # What the tests expect of the values, not only the shapes (a clamp keeps any image in [0, 1]), measured on the
 # embedded model at free_embedded's settings (class "3 ring", 8 images, 50 steps, CFG 2, strict, K = 6) with
-# free_core.generate, which gives FREE KSampler's bits, for seeds 0-11, 42 and 43:
+# free_core.frontdoor.generate, which gives FREE KSampler's bits, for seeds 0-11, 42 and 43:
 # * per-image pixel std (images in [0, 1]): 0.14 at the least (0.17 for the workflow's seed 42; 0.25-0.45 in the
 #   SamplerCustom(Advanced) runs); a constant image, e.g. from an all-zero latent, has 0.
 IMAGE_STD_FLOOR = 0.05

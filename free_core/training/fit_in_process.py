@@ -12,9 +12,9 @@ from typing import Callable
 
 import torch
 
-from .denoiser import GuidedDenoiser
-from .dit import DiT
-from .drafter import FreeDrafter, drafter_for
+from ..engine.denoiser import GuidedDenoiser
+from ..models.dit import DiT
+from ..models.free_drafter import FreeDrafter, drafter_for
 from .train_drafter import DrafterTrainConfig, collect_trajectories, feature_scale, optimisation_step, trajectory_sets
 
 ProgressCallback = Callable[[int, int], None]

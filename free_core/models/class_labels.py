@@ -7,7 +7,7 @@ the label for a given model and refuses a class the model does not have.
 
 from __future__ import annotations
 
-from .data import CLASS_NAMES
+from ..training.data import CLASS_NAMES
 from .imagenet_classes import IMAGENET_CLASSES
 
 EMBEDDED_TAG = " [embedded]"

@@ -14,7 +14,7 @@ a Gaussian transition whose std depends on the schedule only, in one of two form
                  s_noise^2 (sigma_next^2 - sigma_down^2 (1 - sigma_next)^2 / (1 - sigma_down)^2))
 Both end with x = denoised when the next sigma is 0.
 
-The speculative version runs the round of `free_core.rounds` with the frozen drafter (the last verified
+The speculative version runs the round of `free_core.engine.rounds` with the frozen drafter (the last verified
 `denoised` reused as is: it needs no features, so it works with any model) and verifies the drafted states of
 all batch items in ONE model call with per-row sigmas. Draft and target stds are equal, so the reflection
 coupling applies, and strict mode has exactly the law of `sample_euler_ancestral` with the same step.
@@ -30,7 +30,7 @@ from typing import Any, Callable
 import torch
 
 from .cost import cached_black_box_cost
-from .draft_length import DraftLengthPolicy
+from .draft_policy import DraftLengthPolicy
 from .rounds import check_options, run_rounds
 from .sampling import step_noise
 from .stats import SamplingStats
@@ -86,7 +86,7 @@ class AncestralStep:
     def temperature(self, sigma: torch.Tensor, sigma_next: torch.Tensor, strength: float) -> torch.Tensor:
         """Relax mode's kappa >= 1 per sample: 1 + strength * g / (1 + g), g = d mean / d denoised in units of std.
 
-        The rule of `free_core.relax` for the DDPM sampler, with g read off this step (float64).
+        The rule of `free_core.engine.relax` for the DDPM sampler, with g read off this step (float64).
         """
         if not strength >= 0 or strength == float("inf"):
             raise ValueError(f"relax_strength must be a finite number >= 0, got {strength!r}")

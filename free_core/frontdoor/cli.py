@@ -12,13 +12,13 @@ from typing import Callable
 
 import torch
 
-from .checkpoints import EMBEDDED_CFG_SCALE, WEIGHTS_DIR
-from .class_labels import resolve_class
+from ..models.checkpoints import EMBEDDED_CFG_SCALE, WEIGHTS_DIR
+from ..models.class_labels import resolve_class
 from .demo_grid import save_labelled_grid
-from .diffusion import VARIANCE_MODES
-from .dit import DIT_CONFIGS
+from ..engine.diffusion import VARIANCE_MODES
+from ..models.dit import DIT_CONFIGS
 from .generate import generate
-from .model_specs import DIT_CHOICES, DRAFTER_CHOICES, check_dit_spec, check_drafter_spec, default_drafter, resolve_dit, resolve_drafter
+from ..models.model_specs import DIT_CHOICES, DRAFTER_CHOICES, check_dit_spec, check_drafter_spec, default_drafter, resolve_dit, resolve_drafter
 from .options import DEFAULT_DRAFT_LENGTH, DEFAULT_RELAX_STRENGTH, DEFAULT_STEPS, DRAFT_POLICIES, OptionError, SamplerOptions
 
 
@@ -158,7 +158,7 @@ def comparison_text(report: dict, runs: tuple[str, ...], repeats: int) -> str:
 
 
 def command_train_dit(args: argparse.Namespace) -> int:
-    from .train_dit import DiTTrainConfig, train_dit
+    from ..training.train_dit import DiTTrainConfig, train_dit
 
     config = DiTTrainConfig(out=args.out, model=args.config, hidden_size=args.hidden_size, depth=args.depth,
                             num_heads=args.num_heads, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
@@ -172,7 +172,7 @@ def command_train_dit(args: argparse.Namespace) -> int:
 
 
 def command_train_drafter(args: argparse.Namespace) -> int:
-    from .train_drafter import DrafterTrainConfig, train_drafter
+    from ..training.train_drafter import DrafterTrainConfig, train_drafter
 
     config = DrafterTrainConfig(
         dit=args.dit, out=args.out, sampling_steps=args.sampling_steps, trajectories=args.trajectories,
@@ -187,7 +187,7 @@ def command_train_drafter(args: argparse.Namespace) -> int:
 
 
 def command_train_classifier(args: argparse.Namespace) -> int:
-    from .eval import train_classifier
+    from ..evaluation.metrics import train_classifier
 
     path, accuracy = train_classifier(args.out, steps=args.steps, seed=args.seed)
     print(f"saved {path}; held-out accuracy {accuracy:.4f}")
@@ -195,7 +195,7 @@ def command_train_classifier(args: argparse.Namespace) -> int:
 
 
 def command_bench(args: argparse.Namespace) -> int:
-    from .bench import BenchConfig, quick_config, run_bench
+    from ..evaluation.bench import BenchConfig, quick_config, run_bench
 
     config = quick_config(args.out_dir) if args.quick else BenchConfig(
         out_dir=args.out_dir, repeats=args.repeats, quality_samples=args.quality_samples, quality_steps=args.quality_steps,
@@ -211,7 +211,7 @@ def command_bench(args: argparse.Namespace) -> int:
 
 def command_bench_report(args: argparse.Namespace) -> int:
     """Merge the JSON of bench runs (e.g. speed on a quiet machine, quality later) into one report."""
-    from .bench import merge_results
+    from ..evaluation.bench import merge_results
 
     parts = []
     for path in args.results:
@@ -225,7 +225,7 @@ def command_bench_report(args: argparse.Namespace) -> int:
 def _write_bench_outputs(results: dict, out_dir: str, json_path: str | None, report: bool) -> None:
     if report:
         try:
-            from .bench_report import write_report
+            from ..evaluation.bench_report import write_report
 
             print(f"wrote {write_report(results, out_dir)}")
         except ImportError as error:  # matplotlib missing: the JSON still has everything
@@ -237,7 +237,7 @@ def _write_bench_outputs(results: dict, out_dir: str, json_path: str | None, rep
 
 
 def command_model_card(args: argparse.Namespace) -> int:
-    from .model_card import main as model_card_main
+    from ..evaluation.model_card import main as model_card_main
 
     return model_card_main(quality_samples=args.quality_samples, notes_path=args.notes,
                            quality_draft_length=args.quality_draft_length)
@@ -298,7 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "the model still draws badly (default: uniform)")
     train.set_defaults(handler=command_train_dit)
 
-    from .train_drafter import DrafterTrainConfig
+    from ..training.train_drafter import DrafterTrainConfig
 
     drafter_defaults = DrafterTrainConfig()
     drafter = sub.add_parser("train-drafter", parents=[common], formatter_class=HelpFormatter, help="train a FREE drafter for a DiT (torchrun-ready, resumable)")

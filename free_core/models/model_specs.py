@@ -14,9 +14,9 @@ import torch
 
 from .checkpoints import EMBEDDED_DIT, EMBEDDED_DRAFTER, load_dit
 from .dit import DIT_CONFIGS, DiT, dit_config
-from .drafter import load_drafter
-from .drafting import Drafter, FrozenDrafter
-from .options import OptionError
+from .free_drafter import load_drafter
+from ..engine.drafter_interface import Drafter, FrozenDrafter
+from ..frontdoor.options import OptionError
 
 EMBEDDED = "embedded"
 FROZEN = "frozen"

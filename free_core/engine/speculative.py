@@ -1,4 +1,4 @@
-"""The FREE speculative sampler for DiTs: the round of `free_core.rounds` in the DDPM step-index space.
+"""The FREE speculative sampler for DiTs: the round of `free_core.engine.rounds` in the DDPM step-index space.
 
 The space drafts with a `Drafter` (learned: top-block features -> the DiT's own head; or frozen) and verifies
 with the DiT through `GuidedDenoiser` (CFG rows, respaced schedule, learned or fixed variance). Step indices run
@@ -15,8 +15,8 @@ import torch
 
 from .cost import cached_batch_cost
 from .denoiser import GuidedDenoiser
-from .draft_length import DraftLengthPolicy
-from .drafting import DraftContext, Drafter
+from .draft_policy import DraftLengthPolicy
+from .drafter_interface import DraftContext, Drafter
 from .relax import relax_temperature
 from .rounds import check_options, run_rounds
 from .sampling import Callback, check_sampler_inputs
@@ -109,7 +109,7 @@ def sample_speculative(
     relax_strength: float = 0.0,
     callback: Callback | None = None,
 ) -> tuple[torch.Tensor, SamplingStats]:
-    """Speculative ancestral sampling with `drafter`; see `free_core.rounds` for one round."""
+    """Speculative ancestral sampling with `drafter`; see `free_core.engine.rounds` for one round."""
     check_sampler_inputs(denoiser, x, labels)
     policy = check_options(draft_length, mode, relax_strength)
     started = time.perf_counter()

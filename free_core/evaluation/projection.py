@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from .cost import interpolate_cost
-from .stats import SamplingStats
+from ..engine.cost import interpolate_cost
+from ..engine.stats import SamplingStats
 
 
 def projected_speedup(stats: SamplingStats, curve: dict[int, float], branches: int = 1, draft_cost_ratio: float = 0.0) -> float:

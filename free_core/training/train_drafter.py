@@ -25,14 +25,14 @@ from typing import Iterator
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from .checkpoints import load_dit
-from .denoiser import GuidedDenoiser
-from .diffusion import GaussianDiffusion
-from .dit import DiT
+from ..models.checkpoints import load_dit
+from ..engine.denoiser import GuidedDenoiser
+from ..engine.diffusion import GaussianDiffusion
+from ..models.dit import DiT
 from .distributed import DistributedContext, all_reduce_mean, setup_distributed, teardown_distributed
-from .drafter import FreeDrafter, drafter_for, save_drafter
+from ..models.free_drafter import FreeDrafter, drafter_for, save_drafter
 from .progress import Progress
-from .sampling import initial_noise, step_noise
+from ..engine.sampling import initial_noise, step_noise
 
 
 @dataclass
@@ -166,7 +166,7 @@ def train_drafter(cfg: DrafterTrainConfig, dit: DiT | None = None) -> tuple[Path
     """Collect trajectories (cached in `out`), train the drafter, save `out/drafter.safetensors`."""
     ctx = setup_distributed(cfg.device)
     if dit is None:
-        from .checkpoints import EMBEDDED_DIT
+        from ..models.checkpoints import EMBEDDED_DIT
 
         dit = load_dit(EMBEDDED_DIT if cfg.dit == "embedded" else cfg.dit, device=ctx.device)
     dit = dit.to(ctx.device).eval().requires_grad_(False)

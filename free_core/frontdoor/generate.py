@@ -11,14 +11,14 @@ from typing import Any, Callable
 
 import torch
 
-from .denoiser import GuidedDenoiser
-from .diffusion import GaussianDiffusion
-from .dit import DiT
-from .drafting import Drafter
+from ..engine.denoiser import GuidedDenoiser
+from ..engine.diffusion import GaussianDiffusion
+from ..models.dit import DiT
+from ..engine.drafter_interface import Drafter
 from .options import SamplerOptions
-from .sampling import initial_noise, sample_ancestral
-from .speculative import sample_speculative
-from .stats import SamplingStats
+from ..engine.sampling import initial_noise, sample_ancestral
+from ..engine.speculative import sample_speculative
+from ..engine.stats import SamplingStats
 
 
 def generate(

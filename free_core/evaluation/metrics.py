@@ -11,8 +11,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .data import NUM_CLASSES, make_batch
-from .progress import Progress
+from ..training.data import NUM_CLASSES, make_batch
+from ..training.progress import Progress
 
 
 class ProceduralClassifier(nn.Module):
@@ -64,7 +64,7 @@ def train_classifier(out: str | Path, steps: int = 600, batch_size: int = 128, s
 
 
 def load_classifier(path: str | Path | None = None) -> ProceduralClassifier:
-    from .checkpoints import EMBEDDED_CLASSIFIER
+    from ..models.checkpoints import EMBEDDED_CLASSIFIER
 
     path = Path(path or EMBEDDED_CLASSIFIER)
     if not path.is_file():

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .projection import DIT_XL2_GFLOPS, GpuAssumptions, roofline_curve
-from .stats import SamplingStats
+from ..engine.stats import SamplingStats
 
 ACCEPTANCE_WINDOW = 25  # steps per point of the acceptance plot: one batch-1 run tests each step at most once
 

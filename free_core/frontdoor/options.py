@@ -11,9 +11,9 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, replace
 
-from .checkpoints import EMBEDDED_CFG_SCALE
-from .diffusion import VARIANCE_MODES
-from .draft_length import AdaptiveDraftLength, DraftLengthPolicy, FixedDraftLength
+from ..models.checkpoints import EMBEDDED_CFG_SCALE
+from ..engine.diffusion import VARIANCE_MODES
+from ..engine.draft_policy import AdaptiveDraftLength, DraftLengthPolicy, FixedDraftLength
 
 SAMPLER_MODES = ("strict", "relax", "off")
 DRAFT_POLICIES = ("fixed", "adaptive")

@@ -17,17 +17,17 @@ from pathlib import Path
 
 import torch
 
-from .checkpoints import EMBEDDED_CFG_SCALE
-from .cost import measure_batch_cost
-from .denoiser import GuidedDenoiser
-from .diffusion import GaussianDiffusion
-from .drafting import FrozenDrafter
-from .eval import load_classifier, quality_report, reference_features
-from .model_specs import EMBEDDED, resolve_dit, resolve_drafter
-from .options import DEFAULT_DRAFT_LENGTH, SamplerOptions
-from .sampling import initial_noise, sample_ancestral
-from .speculative import sample_speculative
-from .stats import SamplingStats
+from ..models.checkpoints import EMBEDDED_CFG_SCALE
+from ..engine.cost import measure_batch_cost
+from ..engine.denoiser import GuidedDenoiser
+from ..engine.diffusion import GaussianDiffusion
+from ..engine.drafter_interface import FrozenDrafter
+from .metrics import load_classifier, quality_report, reference_features
+from ..models.model_specs import EMBEDDED, resolve_dit, resolve_drafter
+from ..frontdoor.options import DEFAULT_DRAFT_LENGTH, SamplerOptions
+from ..engine.sampling import initial_noise, sample_ancestral
+from ..engine.speculative import sample_speculative
+from ..engine.stats import SamplingStats
 
 
 @dataclass
@@ -185,8 +185,8 @@ def run_quality(config: BenchConfig, model, drafters: dict, log) -> list[dict]:
 
 def _real_fd(classifier, reference, n) -> float:
     """FD between two disjoint sets of real images: the noise floor of FD at this n."""
-    from .eval import classifier_features, frechet_distance
-    from .data import make_batch
+    from .metrics import classifier_features, frechet_distance
+    from ..training.data import make_batch
 
     images, _ = make_batch(n, seed=424242)
     return frechet_distance(classifier_features(classifier, images), reference)

@@ -14,10 +14,10 @@ from pathlib import Path
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from .checkpoints import load_dit, save_dit
+from ..models.checkpoints import load_dit, save_dit
 from .data import NUM_CLASSES, check_class_weights, make_batch
-from .diffusion import GaussianDiffusion
-from .dit import DiT, dit_config
+from ..engine.diffusion import GaussianDiffusion
+from ..models.dit import DiT, dit_config
 from .distributed import all_reduce_mean, setup_distributed, teardown_distributed
 from .progress import Progress
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from .stats import SamplingStats
+from ..engine.stats import SamplingStats
 
 WIDTH, PANEL_HEIGHT, MARGIN = 640, 150, 40
 ACCEPT_COLOUR, ADVANCE_COLOUR, AXIS_COLOUR, MUTED = (52, 120, 246), (240, 130, 40), (60, 60, 60), (170, 170, 170)

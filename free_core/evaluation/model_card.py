@@ -14,16 +14,16 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from .checkpoints import EMBEDDED_CFG_SCALE, EMBEDDED_CLASSIFIER, EMBEDDED_DIT, EMBEDDED_DRAFTER, WEIGHTS_DIR, sha256_file
-from .denoiser import GuidedDenoiser
-from .diffusion import GaussianDiffusion
-from .drafter import read_drafter_metadata
-from .drafting import FrozenDrafter
-from .eval import load_classifier, quality_report, reference_features
-from .model_specs import EMBEDDED, resolve_dit, resolve_drafter
-from .options import SamplerOptions
-from .sampling import initial_noise, sample_ancestral
-from .speculative import sample_speculative
+from ..models.checkpoints import EMBEDDED_CFG_SCALE, EMBEDDED_CLASSIFIER, EMBEDDED_DIT, EMBEDDED_DRAFTER, WEIGHTS_DIR, sha256_file
+from ..engine.denoiser import GuidedDenoiser
+from ..engine.diffusion import GaussianDiffusion
+from ..models.free_drafter import read_drafter_metadata
+from ..engine.drafter_interface import FrozenDrafter
+from .metrics import load_classifier, quality_report, reference_features
+from ..models.model_specs import EMBEDDED, resolve_dit, resolve_drafter
+from ..frontdoor.options import SamplerOptions
+from ..engine.sampling import initial_noise, sample_ancestral
+from ..engine.speculative import sample_speculative
 
 
 def measure(steps: int = 250, batch: int = 8, quality_samples: int = 500, seed: int = 0, quality_draft_length: int = 2,

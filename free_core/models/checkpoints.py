@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 
 from .dit import DiT, DiTConfig, config_from_state_dict
 
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parents[1]  # free_core/
 WEIGHTS_DIR = PACKAGE_DIR / "weights"
 EMBEDDED_DIT = WEIGHTS_DIR / "dit_procedural.safetensors"
 EMBEDDED_DRAFTER = WEIGHTS_DIR / "drafter_procedural.safetensors"

@@ -24,7 +24,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .drafting import DraftContext
+from ..engine.drafter_interface import DraftContext
 from .checkpoints import safetensors_keys_and_metadata
 from .dit import DiT, modulate
 

@@ -21,7 +21,7 @@ from typing import Callable, Protocol
 import torch
 
 from .coupling import maximal_coupling
-from .draft_length import DraftLengthPolicy, FixedDraftLength
+from .draft_policy import DraftLengthPolicy, FixedDraftLength
 from .sampling import step_noise
 from .stats import SamplingStats
 

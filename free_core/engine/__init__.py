@@ -1,0 +1,1 @@
+"""The sampling engine: one speculative round over two transition spaces, couplings, schedules, statistics."""

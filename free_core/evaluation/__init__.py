@@ -1,0 +1,1 @@
+"""Measuring: classifier metrics, the exactness two-sample test, the benchmark, the model card."""

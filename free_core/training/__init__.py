@@ -1,0 +1,1 @@
+"""Training the DiT and the drafter (torchrun-ready, resumable) on the procedural data."""
