@@ -7,18 +7,32 @@ import pytest
 from free_core.frontdoor.cli import main
 
 
-def test_sample_command_writes_png_and_statistics(tmp_path, capsys):
+def test_sample_command_writes_a_labelled_grid_statistics_and_a_summary_in_words(tmp_path, capsys):
+    from PIL import Image
+
+    from free_core.frontdoor.demo_grid import HEADER_HEIGHT, LABEL_WIDTH, PADDING
+
     out, stats = tmp_path / "grid.png", tmp_path / "stats.json"
     code = main(["sample", "--model", "random:DiT-Micro/8", "--steps", "12", "--batch", "2", "--out", str(out),
-                 "--json", str(stats), "--cfg", "1.5"])
+                 "--json", str(stats), "--cfg", "1.5", "--scale", "2", "--repeats", "2"])
     assert code == 0
-    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with Image.open(out) as image:  # 3 labelled rows (baseline, strict, relax) of 2 classes at 32 x 2 pixels
+        assert image.format == "PNG"
+        assert image.size == (LABEL_WIDTH + 2 * (64 + PADDING) + PADDING, HEADER_HEIGHT + 3 * (64 + PADDING) + PADDING)
+        label_column = image.crop((0, HEADER_HEIGHT, LABEL_WIDTH, image.size[1])).convert("L")
+        assert label_column.getextrema()[0] < 100  # the row titles are drawn
     report = json.loads(stats.read_text())
     assert set(report) == {"baseline", "strict", "relax"}
     assert report["baseline"]["sequential_dit_calls"] == 12
     assert report["strict"]["sequential_dit_calls"] <= 12
+    assert len(report["strict"]["wall_times_s"]) == 2 and report["strict"]["options"]["mode"] == "strict"
     printed = capsys.readouterr().out
     assert "sequential DiT calls" in printed and "acceptance" in printed
+    strict_line = next(line for line in printed.splitlines() if line.startswith("FREE strict: "))
+    assert f"{report['strict']['sequential_dit_calls']} sequential DiT calls instead of 12" in strict_line
+    assert ("x faster than the baseline" in strict_line) != ("x slower than the baseline" in strict_line)
+    assert "(median of 2 runs)" in strict_line
+    assert "the baseline's distribution, not its images" in printed
 
 
 def test_comma_separated_options_refuse_a_bad_value_naming_it(capsys):
