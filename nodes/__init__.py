@@ -3,7 +3,7 @@
 from .conditioning import FREEClassLabel, FREEEmptyLatent
 from .loaders import FREEDiTLoader, FREEDrafterLoader
 from .model_folders import register_folders
-from .outputs import FREEDecode, FREEStats
+from .outputs import FREECompare, FREEDecode, FREEStats
 from .sampling import FREEKSampler, FREESampler
 from .training import FREETrainDrafter
 
@@ -17,6 +17,7 @@ NODE_CLASS_MAPPINGS = {
     "FREEKSampler": FREEKSampler,
     "FREESampler": FREESampler,
     "FREEStats": FREEStats,
+    "FREECompare": FREECompare,
     "FREEDecode": FREEDecode,
     "FREETrainDrafter": FREETrainDrafter,
 }
@@ -29,6 +30,7 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "FREEKSampler": "FREE KSampler",
     "FREESampler": "FREE Sampler",
     "FREEStats": "FREE Stats",
+    "FREECompare": "FREE Compare",
     "FREEDecode": "FREE Decode",
     "FREETrainDrafter": "FREE Train Drafter",
 }

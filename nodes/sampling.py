@@ -206,7 +206,7 @@ def _free_euler_ancestral(model, x, sigmas, extra_args=None, callback=None, disa
     sink: list = []
     out = sample_free_euler_ancestral(model, x, sigmas, extra_args=extra_args, callback=callback, disable=disable,
                                       step=step, stats_sink=sink, cost_key=id(base_model(model)), row_groups=row_groups,
-                                      cfg_branches=cfg_branches(model, extra_args),
+                                      cfg_branches=cfg_branches(model, extra_args), measure_plain_step=True,
                                       on_round=lambda stats: show_on_node(node_id, stats.progress_line()), **options)
     _report(sink[0], stats_channel, node_id)
     return out

@@ -94,6 +94,16 @@ def test_stats_headline_says_the_direction_of_the_call_count_in_words():
     assert "9 sequential DiT calls, 3 fewer than the 12 steps (1.33x fewer); acceptance 0.25" in run(9, 8, 2).headline()
     assert "12 sequential DiT calls, one per step (12 steps)" in run(12).headline()
     assert "14 sequential DiT calls, 2 more than the 12 steps" in run(14, 4, 0).headline()
+    timed = run(9, 8, 2)
+    timed.wall_time_s, timed.plain_step_s = 3.0, 0.5  # 12 plain steps would take 6 s
+    assert "wall clock 3.00 s, 2.00x faster than 12 plain steps (est. 6.00 s" in timed.headline()
+    timed.plain_step_s = 0.125  # 1.5 s
+    assert "wall clock 3.00 s, 2.00x slower than 12 plain steps" in timed.headline()
+    adaptive = run(12)
+    adaptive.draft_length, adaptive.draft_lengths = "adaptive", [0] * 12
+    assert "adaptive K drafted nothing" in adaptive.headline()
+    adaptive.draft_lengths[3] = 2
+    assert "drafted nothing" not in adaptive.headline()
     assert run(1).progress_line() == "free-euler-ancestral-strict: 1 DiT call so far"
     assert run(3, 4, 1).progress_line() == "free-euler-ancestral-strict: 3 DiT calls so far, acceptance 0.25"
 

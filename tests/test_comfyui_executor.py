@@ -94,8 +94,7 @@ def test_different_seeds_give_different_images(report):
 def test_shipped_classifier_finds_the_requested_class_in_the_embedded_workflow(report):
     if not report["embedded_present"]:
         pytest.skip("the embedded weights are not in this checkout: the workflow ran on a random stand-in")
-    # free_embedded only: the compare workflow asks for "7 checkerboard", what the classifier calls pure noise too
-    # (its verdicts are in the report, not asserted).
+    # free_embedded and the determinism runs (the compare workflow's three runs are in the report, not asserted).
     verdicts = report["scenarios"]["determinism_and_interrupt"]["classifier"]
     assert [v["seed"] for v in verdicts] == report["scenarios"]["determinism_and_interrupt"]["seeds"]
     (workflow,) = report["scenarios"]["workflows"]["free_embedded"]["classifier"].values()
@@ -113,6 +112,13 @@ def test_compare_workflow_runs_baseline_strict_and_relax_from_one_seed(report):
     rounds = {stats["sampler"]: stats["rounds"] for _, stats in _outputs(result, "FREEKSampler")}
     # A batch's rounds are set by its slowest sample, so relax need not beat strict on one seed; both must save.
     assert rounds["free-strict"] < rounds["ancestral"] and rounds["free-relax"] < rounds["ancestral"]
+    (table, text), = _outputs(result, "FREECompare")  # one side-by-side table of the three runs
+    assert table["kind"] == "tensor" and table["shape"][0] == 1 and table["finite"]
+    lines = text["text"].splitlines()
+    assert lines[0].split() == ["run", "DiT", "calls", "fewer", "acceptance", "wall", "clock", "vs", "baseline"]
+    for line, sampler in zip(lines[1:], ("ancestral", "free-strict", "free-relax")):
+        assert f"{rounds[sampler]} / 50" in line
+        assert line.startswith("baseline") or ("x faster" in line) != ("x slower" in line)
 
 
 def test_same_graph_same_seed_same_image(report):

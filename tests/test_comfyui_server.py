@@ -19,7 +19,7 @@ import torch
 
 from comfyui.ui_to_api import convert, node_defs_from_object_info
 from comfyui.workflow_files import (CLASS_FRACTION_FLOOR, IMAGE_STD_FLOOR, MICRO_DIT, embedded_weights_present,
-                                    load_workflow)
+                                    load_workflow, workflow_files)
 from comfyui_trees import REPO, TREE_NAMES, tree_for
 from free_core.models.checkpoints import save_dit
 from free_core.models.dit import DiT, dit_config
@@ -171,7 +171,12 @@ def test_embedded_workflow_through_post_prompt_and_get_history(server):
             f"the classifier found {label!r} in only {fraction:.3f} of the saved images")
 
 
-def test_web_ui_loads_queues_and_shows_the_embedded_workflow(server):
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+
+
+def _browser():
+    """(chromium path, sync_playwright), or a skip naming what is missing (a failure in CI, which installs both)."""
     chromium = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
     try:
         from playwright.sync_api import sync_playwright
@@ -182,15 +187,18 @@ def test_web_ui_loads_queues_and_shows_the_embedded_workflow(server):
         if os.environ.get("CI"):
             pytest.fail(f"the browser test needs {missing}; .ci/run installs it")
         pytest.skip(f"the browser test needs {missing}")
+    return chromium, sync_playwright
+
+
+def test_web_ui_loads_queues_and_shows_the_embedded_workflow(server):
+    chromium, sync_playwright = _browser()
     workflow = load_workflow("free_embedded")
     save_id = next(node["id"] for node in workflow["nodes"] if node["type"] == "SaveImage")
     shots = Path(os.environ.get("FREE_SCREENSHOT_DIR") or server.work)
     shots.mkdir(parents=True, exist_ok=True)
     screenshot = shots / f"comfyui_{server.tree.name}_embedded_workflow.png"
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium, headless=True, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync"])
+        browser = playwright.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1600, "height": 900})
             errors: list[tuple[str, str, str]] = []  # (kind, message, URL path): ANY page error fails the test
@@ -227,3 +235,56 @@ def test_web_ui_loads_queues_and_shows_the_embedded_workflow(server):
     assert screenshot.stat().st_size > 10_000
     unexpected = [error for error in errors if error not in ALLOWED_PAGE_ERRORS]
     assert not unexpected, "page errors:\n" + "\n".join(map(repr, unexpected)) + "\nstacks:\n" + "\n".join(stacks)
+
+
+TEXT_PREVIEW = "$$node-text-preview"  # the current frontend's widget for a node's progress text
+
+
+def test_template_list_has_each_workflow_once_and_the_template_shows_its_savings_on_the_canvas(server):
+    """Current ComfyUI only (templates of custom nodes and progress text are 2025 features): the pack's templates are
+    listed once each, under their titles; opening one from the template dialog and running it shows the calls saved
+    and the wall clock on FREE KSampler and FREE Stats, in the page (not only in the console)."""
+    if not server.tree.is_current:
+        pytest.skip("the 2024 ComfyUI has no template list for custom nodes and no progress text")
+    chromium, sync_playwright = _browser()
+    titles = sorted(path.stem for path in (REPO / "example_workflows").glob("*.json"))
+    listed = server.get("/api/workflow_templates")
+    assert listed.get("ComfyUI-FREE") and sorted(listed["ComfyUI-FREE"]) == titles  # each once, nothing else
+    title = workflow_files()["free_embedded"].stem
+    shots = Path(os.environ.get("FREE_SCREENSHOT_DIR") or server.work)
+    shots.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1600, "height": 900})
+            page.goto(server.url + "/")
+            page.wait_for_function("() => window.app && window.app.graph && window.app.extensionManager", timeout=120_000)
+            page.evaluate("async () => { await window.app.extensionManager.command.execute('Comfy.BrowseTemplates'); }")
+            page.get_by_text("ComfyUI-FREE", exact=True).first.click(timeout=60_000)
+            page.wait_for_timeout(500)
+            page.screenshot(path=str(shots / "comfyui_current_template_list.png"))
+            page.get_by_text(title, exact=True).first.click(timeout=60_000)
+            page.wait_for_function("() => window.app.graph._nodes.some((node) => node.type === 'FREEKSampler')",
+                                   timeout=60_000)
+            loaded = page.evaluate("() => window.app.graph.extra && window.app.graph.extra.free_workflow")
+            page.keyboard.press("Escape")
+            page.evaluate("async () => { await window.app.queuePrompt(0, 1); }")
+            page.wait_for_function(
+                """(name) => ['FREEKSampler', 'FREEStats'].every((type) => window.app.graph._nodes.some((node) =>
+                    node.type === type && (node.widgets || []).some((w) => w.name === name
+                        && String(w.value).includes('sequential DiT calls') && String(w.value).includes('wall clock'))))""",
+                arg=TEXT_PREVIEW, timeout=RUN_TIMEOUT_S * 1000)
+            texts = page.evaluate("""(name) => Object.fromEntries(window.app.graph._nodes
+                .filter((node) => (node.widgets || []).some((w) => w.name === name))
+                .map((node) => [node.type, node.widgets.find((w) => w.name === name).value]))""", TEXT_PREVIEW)
+            page.evaluate("() => { window.app.canvas.ds.offset = [20, 40]; window.app.canvas.ds.scale = 1.0; "
+                          "window.app.graph.setDirtyCanvas(true, true); }")
+            page.wait_for_timeout(1000)
+            visible = page.get_by_text("sequential DiT calls").first.is_visible()
+            page.screenshot(path=str(shots / "comfyui_current_embedded_after_run.png"))
+        finally:
+            browser.close()
+    assert loaded == "free_embedded"
+    assert visible, f"the savings text is not visible on the canvas: {texts}"
+    assert "fewer than the 50 steps" in texts["FREEKSampler"] and ("x faster" in texts["FREEKSampler"]) != (
+        "x slower" in texts["FREEKSampler"]), texts

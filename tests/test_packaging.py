@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
+WORKFLOWS = sorted((REPO / "example_workflows").glob("*.json"))
+# The folder names ComfyUI scans for custom-node templates (app/custom_node_manager.py): a second one lists them twice.
+TEMPLATE_FOLDERS = ["example_workflows", "example", "examples", "workflow", "workflows"]
 
 
 def test_requirements_never_list_torch():
@@ -55,18 +57,27 @@ def test_workflow_files_are_consistent_ui_graphs(path):
     assert workflow["last_node_id"] == max(nodes) and workflow["last_link_id"] == len(workflow["links"])
 
 
+def test_templates_come_from_one_folder_with_human_titles():
+    assert [name for name in TEMPLATE_FOLDERS if (REPO / name).is_dir()] == ["example_workflows"]
+    for path in WORKFLOWS:  # the frontend shows the file name as the title and, with - and _ as spaces, the description
+        assert path.stem.startswith("FREE ") and "_" not in path.stem, path.name
+        assert not set(path.stem) & set('<>:"/\\|?*'), f"{path.name}: not a portable file name"
+
+
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
-def test_template_browser_copy_and_thumbnail(path):
-    example = REPO / "example_workflows" / path.name
-    assert example.read_bytes() == path.read_bytes(), "run tools/make_workflows.py"
-    thumbnail = example.with_suffix(".jpg")
-    assert thumbnail.read_bytes()[:3] == b"\xff\xd8\xff", f"{thumbnail.name} must be a JPEG thumbnail"
+def test_template_thumbnail_is_a_readable_jpeg(path):
+    from PIL import Image
+
+    thumbnail = path.with_suffix(".jpg")
+    with Image.open(thumbnail) as image:
+        assert image.format == "JPEG" and image.size[0] >= 400 and image.size[1] >= 300, thumbnail.name
 
 
 def test_workflow_files_match_their_generator():
     spec = importlib.util.spec_from_file_location("make_workflows", REPO / "tools" / "make_workflows.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    assert sorted(p.stem for p in WORKFLOWS) == sorted(module.WORKFLOWS)
-    for name, build in module.WORKFLOWS.items():
-        assert json.loads((REPO / "workflows" / f"{name}.json").read_text()) == build(), f"run tools/make_workflows.py ({name})"
+    assert sorted(p.stem for p in WORKFLOWS) == sorted(title for title, _ in module.WORKFLOWS.values())
+    for workflow_id, (title, build) in module.WORKFLOWS.items():
+        shipped = json.loads((REPO / "example_workflows" / f"{title}.json").read_text())
+        assert shipped == build() and shipped["extra"]["free_workflow"] == workflow_id, f"run tools/make_workflows.py ({title})"

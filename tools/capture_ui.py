@@ -1,68 +1,59 @@
-"""Screenshots of the shipped workflows in a running ComfyUI's web UI: the template thumbnails
-(example_workflows/*.jpg) and the README screenshot.
+"""Screenshots of the shipped workflows after a run, at 100% zoom, for the README (docs/images/).
 
-    python tools/capture_ui.py --url http://127.0.0.1:8188 [--run free_embedded free_compare_baseline_strict_relax]
+    python tools/capture_ui.py --url http://127.0.0.1:8188
 
-Needs the ComfyUI-FREE pack loaded in that server, Playwright, and Debian's chromium (/usr/bin/chromium).
-Workflows named in --run are queued first, so their screenshots show the outputs.
+Needs a current ComfyUI (progress text on nodes) with the ComfyUI-FREE pack loaded, Playwright, and Debian's
+chromium (/usr/bin/chromium). Each embedded workflow is loaded, run, and photographed at 100% zoom with the view
+on its results (the text on the FREE nodes); the template list is photographed too. Template thumbnails are
+made by tools/make_thumbnails.py.
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 from pathlib import Path
 
 from playwright.sync_api import sync_playwright
-from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
-FIT_GRAPH = """() => {
-    let right = 0, bottom = 0;
-    for (const node of window.app.graph._nodes) {
-        right = Math.max(right, node.pos[0] + node.size[0]);
-        bottom = Math.max(bottom, node.pos[1] + node.size[1]);
-    }
-    const scale = Math.min(1, 1540 / (right + 40), 800 / (bottom + 40));
-    window.app.canvas.ds.scale = scale;
-    window.app.canvas.ds.offset = [20, 80 / scale];
-    window.app.graph.setDirtyCanvas(true, true);
-}"""
-WAIT_FOR_OUTPUTS = """() => window.app.graph._nodes
-    .filter((node) => node.type === "SaveImage" || node.type === "PreviewImage")
-    .every((node) => (node.imgs || []).length > 0 && node.imgs.every((img) => img.complete && img.naturalWidth > 0))"""
+SHOTS = {  # workflow id -> (screenshot, canvas offset that puts the results in view at 100% zoom)
+    "free_embedded": ("comfyui_embedded_after_run.png", [20, 40]),
+    "free_compare_baseline_strict_relax": ("comfyui_compare_after_run.png", [-330, 40]),
+}
+DONE = """() => window.app.graph._nodes.filter((node) => ['FREEStats', 'FREECompare'].includes(node.type))
+    .every((node) => (node.widgets || []).some((w) => w.name === '$$node-text-preview' && w.value))"""
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--url", required=True)
-    parser.add_argument("--run", nargs="*", default=[], help="workflows to queue before the screenshot")
     parser.add_argument("--chromium", default="/usr/bin/chromium")
-    parser.add_argument("--readme-shot", default="free_embedded", help="workflow for docs/images/comfyui_embedded_workflow.png")
     args = parser.parse_args()
+    workflows = {json.loads(p.read_text())["extra"]["free_workflow"]: p for p in (ROOT / "example_workflows").glob("*.json")}
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=args.chromium, headless=True, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1600, "height": 900})
         page.goto(args.url)
-        page.wait_for_function("() => window.app && window.app.graph && window.LiteGraph", timeout=120_000)
-        for path in sorted((ROOT / "workflows").glob("*.json")):
-            page.evaluate("async (workflow) => { await window.app.loadGraphData(workflow); }", json.loads(path.read_text()))
+        page.wait_for_function("() => window.app && window.app.graph && window.app.extensionManager", timeout=120_000)
+        for workflow_id, (name, offset) in SHOTS.items():
+            page.evaluate("async (workflow) => { await window.app.loadGraphData(workflow); }",
+                          json.loads(workflows[workflow_id].read_text()))
             page.keyboard.press("Escape")
-            if path.stem in args.run:
-                page.evaluate("async () => { await window.app.queuePrompt(0, 1); }")
-                page.wait_for_function(WAIT_FOR_OUTPUTS, timeout=600_000)
-            page.evaluate(FIT_GRAPH)
-            page.wait_for_timeout(1000)
-            png = page.screenshot()
-            if path.stem == args.readme_shot:
-                (ROOT / "docs" / "images" / "comfyui_embedded_workflow.png").write_bytes(png)
-            thumbnail = Image.open(io.BytesIO(png)).convert("RGB")
-            thumbnail.thumbnail((800, 450))
-            thumbnail.save(ROOT / "example_workflows" / f"{path.stem}.jpg", quality=85)
-            print("captured", path.stem)
+            page.evaluate("async () => { await window.app.queuePrompt(0, 1); }")
+            page.wait_for_function(DONE, timeout=600_000)
+            page.evaluate("(offset) => { window.app.canvas.ds.scale = 1.0; window.app.canvas.ds.offset = offset; "
+                          "window.app.graph.setDirtyCanvas(true, true); }", offset)
+            page.wait_for_timeout(1500)
+            page.screenshot(path=str(ROOT / "docs" / "images" / name))
+            print("captured", name)
+        page.evaluate("async () => { await window.app.extensionManager.command.execute('Comfy.BrowseTemplates'); }")
+        page.get_by_text("ComfyUI-FREE", exact=True).first.click(timeout=60_000)
+        page.wait_for_timeout(1500)
+        page.screenshot(path=str(ROOT / "docs" / "images" / "comfyui_template_list.png"))
+        print("captured comfyui_template_list.png")
         browser.close()
 
 

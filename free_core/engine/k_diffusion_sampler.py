@@ -197,6 +197,7 @@ def sample_free_euler_ancestral(
     row_groups: Callable[[torch.Tensor], torch.Tensor] | None = None,
     cfg_branches: int = 1,
     on_round: Callable[[SamplingStats], None] | None = None,
+    measure_plain_step: bool = False,
 ) -> torch.Tensor:
     """Speculative Euler-ancestral: frozen drafts, one batched verification call per round, maximal coupling.
 
@@ -206,7 +207,8 @@ def sample_free_euler_ancestral(
     id per verification row for a model that conditions a batch by its first row (ComfyUI's timestep ranges):
     each group is verified in its own call, and the statistics count every call. `cfg_branches` is how many
     model rows the black box evaluates per state (2 when it folds classifier-free guidance), for the row count;
-    `on_round(stats)` sees the statistics after every round.
+    `on_round(stats)` sees the statistics after every round. `measure_plain_step` times one plain call at the
+    batch size after sampling (cached like the cost curve), for the wall clock against the plain sampler.
     """
     extra_args = dict(extra_args or {})
     generator = _generator(extra_args, x)
@@ -236,6 +238,8 @@ def sample_free_euler_ancestral(
 
     x = run_rounds(space, x, generator, policy, stats, relax_strength, after_round)
     stats.wall_time_s = time.perf_counter() - started
+    if measure_plain_step:
+        stats.plain_step_s = measure([n])[n]
     if stats_sink is not None:
         stats_sink.append(stats)
     return x

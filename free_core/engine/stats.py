@@ -27,6 +27,7 @@ class SamplingStats:
     draft_lengths: list[int] = field(default_factory=list)  # K chosen each round
     states_per_round: list[int] = field(default_factory=list)  # states in each round's verification forward
     wall_time_s: float = 0.0
+    plain_step_s: float | None = None  # measured cost of one plain step's DiT call at this batch (speculative runs)
 
     def __post_init__(self) -> None:
         if not self.proposed_per_step:
@@ -67,6 +68,20 @@ class SamplingStats:
         """Sequential DiT calls of the plain ancestral sampler (one per step) over ours."""
         return self.num_steps / self.sequential_dit_calls if self.sequential_dit_calls else 0.0
 
+    def plain_wall_estimate_s(self) -> float | None:
+        """What the plain sampler would take for these steps: steps x the measured cost of one plain step."""
+        return self.num_steps * self.plain_step_s if self.plain_step_s else None
+
+    def wall_clock_words(self) -> str | None:
+        """The wall clock against the plain sampler's estimate, with its direction in words."""
+        plain = self.plain_wall_estimate_s()
+        if plain is None or not self.wall_time_s:
+            return None
+        ratio = plain / self.wall_time_s
+        direction = f"{ratio:.2f}x faster" if ratio >= 1 else f"{1 / ratio:.2f}x slower"
+        return (f"wall clock {self.wall_time_s:.2f} s, {direction} than {self.num_steps} plain steps "
+                f"(est. {plain:.2f} s from one measured step)")
+
     def progress_line(self) -> str:
         """Mid-run, one line: sequential DiT calls so far and the acceptance (a node's canvas text)."""
         calls = self.sequential_dit_calls
@@ -87,7 +102,11 @@ class SamplingStats:
         line = f"{self.sampler}: {calls} sequential DiT calls, {verdict}"
         if sum(self.proposed_per_step):
             line += f"; acceptance {self.acceptance_rate:.2f}"
-        return line + f"; {self.wall_time_s:.2f} s"
+        line += "; " + (self.wall_clock_words() or f"{self.wall_time_s:.2f} s")
+        if self.draft_length == "adaptive" and not any(self.draft_lengths):
+            line += ("\nadaptive K drafted nothing: on this device verifying drafts costs as much as the steps they "
+                     "would save, so every round was a plain step")
+        return line
 
     def to_dict(self) -> dict:
         return {
@@ -108,6 +127,7 @@ class SamplingStats:
             "draft_lengths": self.draft_lengths,
             "states_per_round": self.states_per_round,
             "wall_time_s": self.wall_time_s,
+            "plain_step_s": self.plain_step_s,
         }
 
     def summary(self) -> str:
@@ -118,6 +138,8 @@ class SamplingStats:
             f"DiT-evaluated states {self.dit_states} (rows incl. CFG: {self.dit_rows})",
             f"wall time            {self.wall_time_s:.2f} s",
         ]
+        if self.wall_clock_words():
+            lines.append(f"vs plain sampler     {self.wall_clock_words()}")
         if sum(self.proposed_per_step):
             histogram = " ".join(f"{k}:{v}" for k, v in sorted(self.advance_histogram.items()))
             lines += [

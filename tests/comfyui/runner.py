@@ -218,7 +218,7 @@ class Runner:
         return notes
 
     def _workflow(self, name: str) -> dict:
-        return load_workflow(name, Path(self.pack_module.__file__).parent / "workflows")
+        return load_workflow(name, Path(self.pack_module.__file__).parent / "example_workflows")
 
     # ------------------------------------------------------------------ execution
     def _progress_hook(self, value, total, preview=None, prompt_id=None, node_id=None):
@@ -309,7 +309,7 @@ class Runner:
     # ------------------------------------------------------------------ scenarios
     def scenario_workflows(self) -> dict:
         results = {}
-        for name in workflow_names(Path(self.pack_module.__file__).parent / "workflows"):
+        for name in workflow_names(Path(self.pack_module.__file__).parent / "example_workflows"):
             prompt = self.convert(self._workflow(name))
             result = self.execute(prompt)
             results[name] = {**_summarize(result, prompt), "classifier": self.verdicts(result, prompt)}
