@@ -172,6 +172,12 @@ def is_flow_model(model) -> bool:
     return const is not None and inner is not None and isinstance(inner.model_sampling, const)
 
 
+def architecture_key(base) -> str:
+    """What a model's forward cost depends on, stable across processes: its classes and parameter count."""
+    inner = getattr(base, "diffusion_model", base)
+    return f"{type(base).__name__}/{type(inner).__name__}/{sum(p.numel() for p in inner.parameters())} parameters"
+
+
 def processed_conds(model, extra_args: dict | None) -> list:
     """The cond lists of a run: in extra_args (ComfyUI 2024) or on the guider inside the model wrapper (current)."""
     extra_args = extra_args or {}
@@ -205,7 +211,7 @@ def _free_euler_ancestral(model, x, sigmas, extra_args=None, callback=None, disa
     step = AncestralStep(flow=is_flow_model(model), eta=eta, s_noise=s_noise)
     sink: list = []
     out = sample_free_euler_ancestral(model, x, sigmas, extra_args=extra_args, callback=callback, disable=disable,
-                                      step=step, stats_sink=sink, cost_key=id(base_model(model)), row_groups=row_groups,
+                                      step=step, stats_sink=sink, cost_key=architecture_key(base_model(model)), row_groups=row_groups,
                                       cfg_branches=cfg_branches(model, extra_args), measure_plain_step=True,
                                       on_round=lambda stats: show_on_node(node_id, stats.progress_line()), **options)
     _report(sink[0], stats_channel, node_id)

@@ -139,16 +139,48 @@ def test_sample_help_shows_every_default():
 def test_cli_flags_node_widgets_and_bench_rows_build_the_same_sampler_options(mode, policy, strength):
     """One front door: the same settings typed as CLI flags, set on the FREE KSampler's widgets, or run as a bench
     row become equal SamplerOptions (the node's relax-strength widget always has a value; it counts in relax only)."""
-    from free_core.evaluation.bench import ADAPTIVE_MAX_LENGTH, BenchConfig, bench_options
+    from free_core.evaluation.bench import BenchConfig, bench_options
     from free_core.frontdoor.cli import build_parser, sample_options
-    from free_core.frontdoor.options import SamplerOptions
+    from free_core.frontdoor.options import ADAPTIVE_MAX_DRAFT_LENGTH, SamplerOptions
 
-    flags = ["sample", "--mode", mode, "--steps", "40", "--cfg", "3.0", "--draft-length", str(ADAPTIVE_MAX_LENGTH),
-             "--draft-policy", policy, "--seed", "5"] + (["--relax-strength", str(strength)] if strength is not None else [])
+    k = "adaptive" if policy == "adaptive" else str(ADAPTIVE_MAX_DRAFT_LENGTH)
+    flags = ["sample", "--mode", mode, "--steps", "40", "--cfg", "3.0", "--draft-length", k, "--seed", "5"] + (
+        ["--relax-strength", str(strength)] if strength is not None else [])
     from_cli = sample_options(build_parser().parse_args(flags))
-    from_node = SamplerOptions.from_node_widgets(mode, ADAPTIVE_MAX_LENGTH, policy, 8.0 if strength is None else strength,
+    from_node = SamplerOptions.from_node_widgets(mode, ADAPTIVE_MAX_DRAFT_LENGTH, policy, 8.0 if strength is None else strength,
                                                  steps=40, cfg=3.0, seed=5)
-    bench_k = "adaptive" if policy == "adaptive" else ADAPTIVE_MAX_LENGTH
+    bench_k = "adaptive" if policy == "adaptive" else ADAPTIVE_MAX_DRAFT_LENGTH
     from_bench = bench_options(BenchConfig(cfg_scale=3.0, seed=5), 40, mode, bench_k, strength or 0.0)
     assert from_cli == from_node == from_bench
     assert from_cli.strength == (strength or 0.0)
+
+
+def test_adaptive_draft_length_gives_the_same_image_in_two_processes_from_the_curve_kept_on_disk(tmp_path):
+    """The adaptive policy reads a cost curve measured once per machine and kept on disk, never the run's own timings:
+    two processes with the same seed write the same PNG, and a third, given another curve in that file, chooses
+    other draft lengths (so the file, not a fresh measurement, decides)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "FREE_COST_CACHE": str(tmp_path / "curves")}
+
+    def run(name: str) -> dict:
+        command = [sys.executable, "-m", "free_core", "sample", "--model", "random:DiT-Micro/8", "--mode", "strict",
+                   "--steps", "16", "--batch", "2", "--draft-length", "adaptive", "--seed", "3",
+                   "--out", str(tmp_path / f"{name}.png"), "--json", str(tmp_path / f"{name}.json")]
+        subprocess.run(command, env=env, check=True, capture_output=True, timeout=300)
+        return json.loads((tmp_path / f"{name}.json").read_text())["strict"]
+
+    first, second = run("first"), run("second")
+    assert (tmp_path / "first.png").read_bytes() == (tmp_path / "second.png").read_bytes()
+    assert first["draft_lengths"] == second["draft_lengths"] and first["draft_length"] == "adaptive"
+    (curve_file,) = (tmp_path / "curves").glob("*.json")
+    stored = json.loads(curve_file.read_text())
+    rows = sorted(int(r) for r in stored["curve"])
+    chosen = {}
+    for name, curve in (("flat", {str(r): 1.0 for r in rows}),  # extra rows cost nothing: draft whenever acceptance pays
+                        ("steep", {str(r): float(r) ** 3 for r in rows})):  # extra rows cost more than drafts save
+        curve_file.write_text(json.dumps({**stored, "curve": curve}))
+        chosen[name] = run(name)["draft_lengths"][1:]  # the first round has nothing to draft from
+    assert set(chosen["steep"]) == {0} and max(chosen["flat"]) > 1, chosen

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import platform
 import statistics
 import time
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -65,32 +70,80 @@ def measure_batch_cost(denoiser: GuidedDenoiser, x: torch.Tensor, labels: torch.
     return time_calls(forward, row_counts, x.device, repeats)
 
 
-_measured: dict[tuple, dict[int, float]] = {}
+def cost_cache_dir() -> Path:
+    """Where measured cost curves are kept: $FREE_COST_CACHE, else ~/.cache/free_core/cost_curves."""
+    return Path(os.environ.get("FREE_COST_CACHE") or Path.home() / ".cache" / "free_core" / "cost_curves")
+
+
+def machine_key(device: torch.device | str) -> dict:
+    """What a forward's cost depends on besides the model: the device (and on a CPU its threads) and torch."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = f"{platform.machine()} {platform.processor()} {os.cpu_count()} cores {torch.get_num_threads()} threads"
+    return {"device": name, "torch": torch.__version__}
+
+
+def disk_cached_curve(key: dict, measure: Callable[[list[int]], BatchCostCurve], row_counts: list[int],
+                      persist: bool = True) -> BatchCostCurve:
+    """The cost curve for `key` at `row_counts`, measured once per machine and kept on disk (JSON, exact floats).
+
+    The adaptive draft length reads this curve, so the same seed gives the same samples in every process that
+    finds the file: only the first run with a new model, shape or machine measures (with warm-up), and later runs
+    never depend on their own timings. Counts missing from the file are measured and added. `persist=False` keeps
+    the curve in this process only (a key that names an object, not an architecture).
+    """
+    full_key = json.dumps(key, sort_keys=True, default=str)
+    path = cost_cache_dir() / (hashlib.sha256(full_key.encode()).hexdigest()[:24] + ".json")
+    if full_key in _measured or not persist:
+        curve = _measured.get(full_key, {})
+    else:
+        try:
+            stored = json.loads(path.read_text())
+            curve = {int(rows): float(seconds) for rows, seconds in stored["curve"].items()} if stored["key"] == full_key else {}
+        except (OSError, ValueError, KeyError):
+            curve = {}
+    missing = sorted(set(row_counts) - set(curve))
+    if missing:
+        curve = {**curve, **measure(missing)}
+    if missing and persist:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(f".{os.getpid()}.partial")
+        partial.write_text(json.dumps({"key": full_key, "curve": {str(r): curve[r] for r in sorted(curve)}}, indent=1))
+        partial.replace(path)
+    _measured[full_key] = curve
+    return {rows: curve[rows] for rows in row_counts}
+
+
+_measured: dict[str, BatchCostCurve] = {}
 
 
 def cached_batch_cost(denoiser: GuidedDenoiser, x: torch.Tensor, labels: torch.Tensor, row_counts: list[int]) -> dict[int, float]:
-    """`measure_batch_cost`, measured once per model, device, input shape and sizes in this process: timing
-    forwards inside every run would cost more than the adaptive policy saves on small runs."""
-    key = (id(denoiser.model), str(x.device), x.dtype, tuple(x.shape[1:]), tuple(row_counts))
-    if key not in _measured:
-        _measured[key] = measure_batch_cost(denoiser, x, labels, row_counts)
-    return dict(_measured[key])
+    """`measure_batch_cost` at `row_counts`, measured once per DiT architecture, input shape and machine (kept on disk):
+    timing forwards inside every run would cost more than the adaptive policy saves, and would make its choices, and
+    so the samples, depend on the run's timings."""
+    key = {"kind": "dit", "config": denoiser.model.config.to_dict(), "dtype": str(x.dtype), "shape": list(x.shape[1:]),
+           **machine_key(x.device)}
+    return disk_cached_curve(key, lambda counts: measure_batch_cost(denoiser, x, labels, counts), row_counts)
 
 
 def cached_black_box_cost(key: object, call: Callable[[int], object], row_counts: list[int],
-                          device: torch.device | str = "cpu") -> BatchCostCurve:
-    """The cost curve of a black-box model (a ComfyUI MODEL) at `row_counts`, measured once per `key` in this process.
+                          device: torch.device | str = "cpu", persist: bool = True) -> BatchCostCurve:
+    """The cost curve of a black-box model (a ComfyUI MODEL, named by `key`: its architecture, dtype and shape) at
+    `row_counts`, measured once per machine (kept on disk).
 
     A large model's forward is expensive, so only the smallest and largest count and powers of two of the smallest
     between them are timed (one warm-up and one timed call each); the rest is interpolated.
     """
-    counts = sorted(set(row_counts))
-    full_key = (key, tuple(counts))
-    if full_key not in _measured:
+
+    def measure(counts: list[int]) -> BatchCostCurve:
         timed, rows = [counts[-1]], counts[0]
         while rows < counts[-1]:
             timed.append(rows)
             rows *= 2
         curve = time_calls(call, timed, device, repeats=1)
-        _measured[full_key] = {rows: interpolate_cost(curve, rows) for rows in counts}
-    return dict(_measured[full_key])
+        return {rows: interpolate_cost(curve, rows) for rows in counts}
+
+    key = {"kind": "black box", "model": key, **machine_key(device)}
+    return disk_cached_curve(key, measure, sorted(set(row_counts)), persist)

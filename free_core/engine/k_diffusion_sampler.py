@@ -203,7 +203,8 @@ def sample_free_euler_ancestral(
 
     `callback` gets k-diffusion's dict after each round with `i` = the last step every sample has
     committed, so a progress bar advances by the steps actually committed. `cost_key` names the model for the
-    adaptive policy's cached cost curve (default: the model object's id). `row_groups(sigma_rows)` gives a group
+    adaptive policy's cost curve, kept on disk (default: the model object's id, good for this process only; give
+    its architecture to share the curve across processes). `row_groups(sigma_rows)` gives a group
     id per verification row for a model that conditions a batch by its first row (ComfyUI's timestep ranges):
     each group is verified in its own call, and the statistics count every call. `cfg_branches` is how many
     model rows the black box evaluates per state (2 when it folds classifier-free guidance), for the row count;
@@ -224,8 +225,8 @@ def sample_free_euler_ancestral(
     def measure(row_counts: list[int]) -> dict[int, float]:
         def call(rows: int) -> None:
             model(x[:1].expand(rows, *x.shape[1:]).clone(), sigmas[:1].expand(rows).to(x), **extra_args)
-        key = (id(model) if cost_key is None else cost_key, str(x.device), x.dtype, tuple(x.shape[1:]))
-        return cached_black_box_cost(key, call, row_counts, x.device)
+        key = [f"object {id(model)}" if cost_key is None else cost_key, str(x.dtype), list(x.shape[1:]), cfg_branches]
+        return cached_black_box_cost(key, call, row_counts, x.device, persist=cost_key is not None)
 
     policy.start_run(n, measure)  # an adaptive K measures the model's cost curve once per model and shape
 

@@ -19,7 +19,8 @@ from ..engine.diffusion import VARIANCE_MODES
 from ..models.dit import DIT_CONFIGS
 from .generate import generate
 from ..models.model_specs import DIT_CHOICES, DRAFTER_CHOICES, check_dit_spec, check_drafter_spec, default_drafter, resolve_dit, resolve_drafter
-from .options import DEFAULT_DRAFT_LENGTH, DEFAULT_RELAX_STRENGTH, DEFAULT_STEPS, DRAFT_POLICIES, OptionError, SamplerOptions
+from .options import (ADAPTIVE_MAX_DRAFT_LENGTH, DEFAULT_DRAFT_LENGTH, DEFAULT_RELAX_STRENGTH, DEFAULT_STEPS, OptionError,
+                      SamplerOptions)
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -46,6 +47,16 @@ def comma_separated(kind: type) -> Callable[[str], tuple]:
 SAMPLE_RUNS = {"off": ("off",), "strict": ("strict",), "relax": ("relax",), "compare": ("off", "strict", "relax")}
 RUN_TITLES = {"off": "baseline", "strict": "FREE strict", "relax": "FREE relax"}
 REPORT_KEYS = {"off": "baseline", "strict": "strict", "relax": "relax"}  # the JSON's names of the runs
+
+
+def draft_length_arg(text: str) -> int | str:
+    """`--draft-length`: an integer K, or 'adaptive' (checked with the other options, in one line)."""
+    if text == "adaptive":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer K such as 6, or 'adaptive', got {text!r}") from None
 
 
 def positive_int(option: str, value: int, example: str) -> int:
@@ -89,8 +100,10 @@ def check_device(device: str) -> str:
 
 def sample_options(args: argparse.Namespace) -> SamplerOptions:
     """`sample`'s flags as SamplerOptions (compare mode: the relax run's, which carries the strength)."""
+    adaptive = args.draft_length == "adaptive"
     return SamplerOptions(mode="relax" if args.mode == "compare" else args.mode, steps=args.steps, cfg=args.cfg,
-                          draft_length=args.draft_length, draft_policy=args.draft_policy,
+                          draft_length=args.max_draft_length if adaptive else args.draft_length,
+                          draft_policy="adaptive" if adaptive else "fixed",
                           relax_strength=args.relax_strength, variance=args.variance, seed=args.seed)
 
 
@@ -260,10 +273,12 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--batch", type=int, default=8, help="samples per run (one per class, cycling through --labels)")
     sample.add_argument("--cfg", type=float, default=EMBEDDED_CFG_SCALE, help="classifier-free guidance scale (1 = off)")
     sample.add_argument("--variance", default=None, choices=VARIANCE_MODES, help="default: learned if the model learns sigma")
-    sample.add_argument("--draft-length", type=int, default=DEFAULT_DRAFT_LENGTH,
-                        help="K, the transitions drafted per round (with --draft-policy adaptive: the largest K)")
-    sample.add_argument("--draft-policy", default="fixed", choices=DRAFT_POLICIES,
-                        help="fixed K, or adaptive K from the acceptance so far and the DiT's measured cost")
+    sample.add_argument("--draft-length", type=draft_length_arg, default=DEFAULT_DRAFT_LENGTH,
+                        help="K, the transitions drafted per round, or 'adaptive': each round's K from the acceptance "
+                             "so far and the DiT's cost curve (measured once per machine, kept on disk, so the same "
+                             "seed gives the same samples)")
+    sample.add_argument("--max-draft-length", type=int, default=ADAPTIVE_MAX_DRAFT_LENGTH,
+                        help="with --draft-length adaptive: the largest K tried")
     sample.add_argument("--relax-strength", type=float, default=None,
                         help=f"relax (and compare) only: how much to temper acceptance in late steps (unset: "
                              f"{DEFAULT_RELAX_STRENGTH:g}; docs/benchmarks.md measures 2, 8, 32)")

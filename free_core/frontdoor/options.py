@@ -19,6 +19,7 @@ SAMPLER_MODES = ("strict", "relax", "off")
 DRAFT_POLICIES = ("fixed", "adaptive")
 DEFAULT_STEPS = 50
 DEFAULT_DRAFT_LENGTH = 6
+ADAPTIVE_MAX_DRAFT_LENGTH = 8  # the largest K an adaptive run tries unless told otherwise
 MAX_DRAFT_LENGTH = 64
 DEFAULT_RELAX_STRENGTH = 8.0  # docs/benchmarks.md measures 2, 8 and 32
 MAX_STEPS = 1000  # the DDPM's training timesteps: a respaced schedule cannot have more

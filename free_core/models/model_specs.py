@@ -43,10 +43,11 @@ def resolve_dit(spec: str, device: str | torch.device = "cpu", option: str = "--
     """The DiT named by `spec`, on `device`, in eval mode."""
     check_dit_spec(spec, option)
     if spec.startswith(RANDOM_PREFIX):
-        generator = torch.Generator().manual_seed(0)
-        model = DiT(dit_config(spec[len(RANDOM_PREFIX):]))
-        for parameter in model.final_layer.parameters():  # adaLN-Zero init outputs zeros: give the head some signal
-            parameter.data = torch.randn(parameter.shape, generator=generator) * 0.02
+        with torch.random.fork_rng(devices=[]):  # the same random weights in every process, the caller's RNG untouched
+            torch.manual_seed(0)
+            model = DiT(dit_config(spec[len(RANDOM_PREFIX):]))
+            for parameter in model.final_layer.parameters():  # adaLN-Zero init outputs zeros: give the head a signal
+                torch.nn.init.normal_(parameter, std=0.02)
         model.source_name = spec
         return model.to(device).eval()
     path = EMBEDDED_DIT if spec == EMBEDDED else Path(spec)
