@@ -175,7 +175,9 @@ def test_adaptive_draft_length_gives_the_same_image_in_two_processes_from_the_cu
     first, second = run("first"), run("second")
     assert (tmp_path / "first.png").read_bytes() == (tmp_path / "second.png").read_bytes()
     assert first["draft_lengths"] == second["draft_lengths"] and first["draft_length"] == "adaptive"
-    (curve_file,) = (tmp_path / "curves").glob("*.json")
+    stored_files = {json.loads(json.loads(path.read_text())["key"])["kind"]: path for path in (tmp_path / "curves").glob("*.json")}
+    assert sorted(stored_files) == ["dit", "drafting pass"]  # the DiT's cost curve and one drafting pass, measured once
+    curve_file = stored_files["dit"]
     stored = json.loads(curve_file.read_text())
     rows = sorted(int(r) for r in stored["curve"])
     chosen = {}

@@ -147,3 +147,29 @@ def cached_black_box_cost(key: object, call: Callable[[int], object], row_counts
 
     key = {"kind": "black box", "model": key, **machine_key(device)}
     return disk_cached_curve(key, measure, sorted(set(row_counts)), persist)
+
+
+@torch.no_grad()
+def cached_draft_cost(denoiser: GuidedDenoiser, drafter, x: torch.Tensor, labels: torch.Tensor) -> float:
+    """Seconds of one drafting pass over the batch `x` (the drafter's proposal on every CFG row, the guided output and
+    the transition), measured once per machine, DiT architecture, drafter and shape and kept on disk, like the curve."""
+    from .drafter_interface import DraftContext
+
+    model, n, branches = denoiser.model, x.shape[0], denoiser.branches
+    rows = n * branches
+    step = torch.zeros(n, dtype=torch.long, device=x.device)
+    x_rows, t_rows, y_rows = denoiser.rows(x, step, labels)
+    m = drafter.history_length
+    features = torch.zeros((rows, m, model.num_tokens, model.hidden_size), dtype=x.dtype, device=x.device) if m else None
+    output = torch.zeros((rows, model.out_channels, *x.shape[2:]), dtype=x.dtype, device=x.device)
+
+    def draft(_: int) -> None:
+        context = DraftContext(features=features, output=output, x=x_rows, t=t_rows, y=y_rows,
+                               step=step.repeat_interleave(branches), previous_x=x_rows)
+        out_rows, _ = drafter.propose(model, context)
+        denoiser.transition(denoiser.guided_output(out_rows), x, step)
+
+    drafter_config = getattr(getattr(drafter, "config", None), "to_dict", lambda: type(drafter).__name__)()
+    key = {"kind": "drafting pass", "dit": model.config.to_dict(), "drafter": drafter_config, "dtype": str(x.dtype),
+           "shape": list(x.shape), "branches": branches, **machine_key(x.device)}
+    return disk_cached_curve(key, lambda counts: time_calls(draft, counts, x.device), [rows])[rows]

@@ -15,8 +15,11 @@ class DraftLengthPolicy:
 
     label: str | int = "policy"
 
-    def start_run(self, rows_per_state: int, measure: Callable[[list[int]], dict[int, float]] | None = None) -> None:
-        """Called once before the first round; `measure(sizes)` times DiT forwards of those row counts."""
+    def start_run(self, rows_per_state: int, measure: Callable[[list[int]], dict[int, float]] | None = None,
+                  measure_draft: Callable[[], float] | None = None) -> None:
+        """Called once before the first round; `measure(sizes)` gives the seconds of DiT forwards of those row
+        counts, `measure_draft()` the seconds of one drafting pass over all samples (both measured once per machine
+        and kept on disk: see cost.py)."""
 
     def next_length(self, stats: "SamplingStats") -> int:
         raise NotImplementedError
@@ -51,9 +54,11 @@ class AdaptiveDraftLength(DraftLengthPolicy):
             raise ValueError(f"max_length must be >= 1, got {max_length}")
         if not 0 < smoothing <= 1:
             raise ValueError(f"smoothing must lie in (0, 1], got {smoothing}")
-        # One drafting pass costs draft_cost_ratio x a one-state verification (a drafter is <= 5% of the DiT in
-        # FLOPs, but on small batches kernel overheads dominate: 0.1 is what the embedded model measures on CPU).
+        # Without a measured drafting pass, one costs draft_cost_ratio x a one-state verification (a drafter is <= 5%
+        # of the DiT in FLOPs, but on small batches kernel overheads dominate: 0.1 is what the embedded model measured
+        # on CPU); a run that can measure it (start_run's measure_draft) uses the measured seconds instead.
         self.max_length, self.cost_curve, self.draft_cost_ratio = max_length, cost_curve, draft_cost_ratio
+        self.draft_cost_s: float | None = None
         self.prior_acceptance, self.smoothing = prior_acceptance, smoothing
         self.rows_per_state = 1
         self._reset()
@@ -62,13 +67,16 @@ class AdaptiveDraftLength(DraftLengthPolicy):
         self.acceptance = self.prior_acceptance
         self._seen_proposed = self._seen_accepted = 0
 
-    def start_run(self, rows_per_state: int, measure: Callable[[list[int]], dict[int, float]] | None = None) -> None:
-        """Rows per state = batch x CFG branches; the cost curve is measured once if none was given."""
+    def start_run(self, rows_per_state: int, measure: Callable[[list[int]], dict[int, float]] | None = None,
+                  measure_draft: Callable[[], float] | None = None) -> None:
+        """Rows per state = batch x CFG branches; the cost curve (and a drafting pass) is read if none was given."""
         self._reset()
         self.rows_per_state = rows_per_state
         if self.cost_curve is None and measure is not None:
             sizes = [rows_per_state * (k + 1) for k in range(self.max_length + 1)]
             self.cost_curve = measure(sizes)
+        if measure_draft is not None:
+            self.draft_cost_s = measure_draft()
 
     def _cost(self, rows: int) -> float:
         if not self.cost_curve:
@@ -85,7 +93,10 @@ class AdaptiveDraftLength(DraftLengthPolicy):
     def expected_rate(self, k: int) -> float:
         a = min(self.acceptance, 1 - 1e-6)
         advance = (1 - a ** (k + 1)) / (1 - a)
-        draft_cost = self.draft_cost_ratio * self._cost(self.rows_per_state)
+        if self.draft_cost_s is not None and self.cost_curve:
+            draft_cost = self.draft_cost_s
+        else:
+            draft_cost = self.draft_cost_ratio * self._cost(self.rows_per_state)
         return advance / (self._cost(self.rows_per_state * (k + 1)) + k * draft_cost)
 
     def next_length(self, stats: "SamplingStats") -> int:

@@ -29,7 +29,7 @@ from typing import Any, Callable
 
 import torch
 
-from .cost import cached_black_box_cost
+from .cost import cached_black_box_cost, disk_cached_curve, machine_key, time_calls
 from .draft_policy import DraftLengthPolicy
 from .rounds import check_options, run_rounds
 from .sampling import step_noise
@@ -228,7 +228,14 @@ def sample_free_euler_ancestral(
         key = [f"object {id(model)}" if cost_key is None else cost_key, str(x.dtype), list(x.shape[1:]), cfg_branches]
         return cached_black_box_cost(key, call, row_counts, x.device, persist=cost_key is not None)
 
-    policy.start_run(n, measure)  # an adaptive K measures the model's cost curve once per model and shape
+    def measure_draft() -> float:  # a frozen draft is the transition itself, from the last denoised
+        sigma, sigma_next = sigmas[:1].expand(n), sigmas[1:2].expand(n)
+        key = {"kind": "sigma drafting pass", "flow": step.flow, "dtype": str(x.dtype), "shape": list(x.shape),
+               **machine_key(x.device)}
+        return disk_cached_curve(key, lambda counts: time_calls(lambda _: step(x, x, sigma, sigma_next), counts, x.device),
+                                 [n])[n]
+
+    policy.start_run(n, measure, measure_draft)  # an adaptive K reads the model's cost curve, measured once per machine
 
     def after_round(x_now: torch.Tensor, progress: torch.Tensor, stats_now: SamplingStats) -> None:
         if on_round is not None:

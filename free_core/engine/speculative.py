@@ -13,7 +13,7 @@ from typing import Literal
 
 import torch
 
-from .cost import cached_batch_cost
+from .cost import cached_batch_cost, cached_draft_cost
 from .denoiser import GuidedDenoiser
 from .draft_policy import DraftLengthPolicy
 from .drafter_interface import DraftContext, Drafter
@@ -115,7 +115,8 @@ def sample_speculative(
     started = time.perf_counter()
     n, total_steps = x.shape[0], denoiser.num_steps
     stats = SamplingStats(f"free-{mode}", total_steps, n, draft_length=policy.label)
-    policy.start_run(n * denoiser.branches, lambda sizes: cached_batch_cost(denoiser, x, labels, sizes))
+    policy.start_run(n * denoiser.branches, lambda sizes: cached_batch_cost(denoiser, x, labels, sizes),
+                     lambda: cached_draft_cost(denoiser, drafter, x, labels))
 
     def after_round(x_now: torch.Tensor, progress: torch.Tensor, stats_now: SamplingStats) -> None:
         if callback is not None:
