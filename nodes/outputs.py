@@ -29,7 +29,7 @@ class FREEStats:
     def report(self, stats, after=None, node_id: str | None = None):
         stats = _latest(stats)
         text = stats_text(stats)
-        show_on_node(node_id, stats.headline())
+        show_on_node(node_id, stats.canvas_text())
         return {"ui": {"text": [text]}, "result": (render_stats_plot(stats).unsqueeze(0), text)}
 
 

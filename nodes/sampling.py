@@ -95,7 +95,7 @@ class FREEKSampler:
 
         x0, stats = generate(dit, drafter, labels, options, device, on_round)
         logging.info("FREE KSampler\n%s", stats.summary())
-        show_on_node(node_id, stats.headline())
+        show_on_node(node_id, stats.canvas_text())
         out = dict(latent_image)
         out["samples"] = model.model.process_latent_out(x0).float().cpu()
         return (out, stats)
@@ -237,5 +237,5 @@ def _report(stats: SamplingStats, channel: SamplerStatsChannel | None, node_id: 
     """A run's statistics: on the FREE Sampler node, in its FREE_STATS output, and in the log."""
     if channel is not None:
         channel.latest = stats
-    show_on_node(node_id, stats.headline())
+    show_on_node(node_id, stats.canvas_text())
     logging.info("FREE Sampler\n%s", stats.summary(), extra={"free_stats": stats.to_dict()})

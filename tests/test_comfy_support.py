@@ -99,11 +99,14 @@ def test_stats_headline_says_the_direction_of_the_call_count_in_words():
     assert "wall clock 3.00 s, 2.00x faster than 12 plain steps (est. 6.00 s" in timed.headline()
     timed.plain_step_s = 0.125  # 1.5 s
     assert "wall clock 3.00 s, 2.00x slower than 12 plain steps" in timed.headline()
+    assert timed.canvas_text().splitlines() == ["9 DiT calls for 12 steps (1.33x fewer)", "acceptance 0.25, 3.00 s",
+                                                "wall clock: 2.00x slower than 12 plain steps (est.)"]
     adaptive = run(12)
     adaptive.draft_length, adaptive.draft_lengths = "adaptive", [0] * 12
     assert "adaptive K drafted nothing" in adaptive.headline()
     adaptive.draft_lengths[3] = 2
     assert "drafted nothing" not in adaptive.headline()
+    assert run(12).canvas_text().splitlines() == ["12 DiT calls for 12 steps", "0.00 s"]
     assert run(1).progress_line() == "free-euler-ancestral-strict: 1 DiT call so far"
     assert run(3, 4, 1).progress_line() == "free-euler-ancestral-strict: 3 DiT calls so far, acceptance 0.25"
 

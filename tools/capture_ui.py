@@ -21,7 +21,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
                  "--disable-component-update", "--disable-sync"]
 SHOTS = {  # workflow id -> (screenshot, canvas offset that puts the results in view at 100% zoom)
     "free_embedded": ("comfyui_embedded_after_run.png", [20, 40]),
-    "free_compare_baseline_strict_relax": ("comfyui_compare_after_run.png", [-330, 40]),
+    "free_compare_baseline_strict_relax": ("comfyui_compare_after_run.png", [-640, 30]),
 }
 DONE = """() => window.app.graph._nodes.filter((node) => ['FREEStats', 'FREECompare'].includes(node.type))
     .every((node) => (node.widgets || []).some((w) => w.name === '$$node-text-preview' && w.value))"""

@@ -62,8 +62,8 @@ INPUTS = {
     "SaveImage": [("images", "IMAGE")],
     "PreviewImage": [("images", "IMAGE")],
 }
-SIZES = {"FREEKSampler": [320, 330], "FREEStats": [300, 80], "FREEDecode": [300, 80], "SaveImage": [420, 460],
-         "PreviewImage": [320, 300], "FREECompare": [520, 120], "Note": [520, 170]}
+SIZES = {"FREEKSampler": [320, 410], "FREEStats": [300, 160], "FREEDecode": [300, 80], "SaveImage": [420, 460],
+         "PreviewImage": [320, 300], "FREECompare": [600, 200], "Note": [600, 190]}
 
 
 class Graph:
@@ -71,7 +71,8 @@ class Graph:
         self.nodes: list[dict] = []
         self.links: list[list] = []
 
-    def add(self, class_type: str, pos: tuple[int, int], widgets: list, title: str | None = None, **linked) -> int:
+    def add(self, class_type: str, pos: tuple[int, int], widgets: list, title: str | None = None,
+            size: list[int] | None = None, **linked) -> int:
         node_id = len(self.nodes) + 1
         inputs = []
         for name, kind in INPUTS.get(class_type, []):
@@ -83,7 +84,7 @@ class Graph:
                 self._node(origin)["outputs"][slot]["links"].append(link)
             inputs.append({"name": name, "type": kind, "link": link})
         node = {
-            "id": node_id, "type": class_type, "pos": list(pos), "size": SIZES.get(class_type, [300, 110]),
+            "id": node_id, "type": class_type, "pos": list(pos), "size": size or SIZES.get(class_type, [300, 110]),
             "flags": {}, "order": node_id - 1, "mode": 0, "inputs": inputs,
             "outputs": [{"name": n, "type": t, "links": [], "slot_index": k} for k, (n, t) in enumerate(OUTPUTS[class_type])],
             "properties": {"Node name for S&R": class_type}, "widgets_values": widgets,
@@ -119,7 +120,7 @@ def embedded() -> dict:
     decode = g.add("FREEDecode", (700, 0), [4], samples=(sampler, 0))
     g.add("SaveImage", (1040, 0), ["FREE_embedded"], images=(decode, 0))
     stats = g.add("FREEStats", (700, 130), [], stats=(sampler, 1))
-    g.add("PreviewImage", (700, 260), [], images=(stats, 0))
+    g.add("PreviewImage", (700, 320), [], images=(stats, 0))
     return g.to_json("free_embedded")
 
 
@@ -135,7 +136,7 @@ def dit_xl(resolution: int, batch: int) -> dict:
     decode = g.add("VAEDecode", (700, 0), [], samples=(sampler, 0), vae=(vae, 0))
     g.add("SaveImage", (1040, 0), [f"FREE_DiT-XL-2-{resolution}"], images=(decode, 0))
     stats = g.add("FREEStats", (700, 130), [], stats=(sampler, 1))
-    g.add("PreviewImage", (700, 260), [], images=(stats, 0))
+    g.add("PreviewImage", (700, 320), [], images=(stats, 0))
     return g.to_json(f"free_dit_xl_2_{resolution}")
 
 
@@ -158,7 +159,7 @@ def compare() -> dict:
     samplers = []
     runs = [("off", "baseline (plain ancestral)", 8.0), ("strict", "FREE strict", 8.0), ("relax", "FREE relax", RELAX_STRENGTH)]
     for row, (mode, title, strength) in enumerate(runs):
-        y = row * 360
+        y = row * 440
         sampler = g.add("FREEKSampler", (360, y), sampler_widgets(mode, 50, EMBEDDED_CFG_SCALE, relax_strength=strength),
                         title=title, model=(dit, 0), drafter=(drafter, 0), positive=(label, 0), negative=(label, 1),
                         latent_image=(latent, 0))
@@ -166,8 +167,8 @@ def compare() -> dict:
         g.add("PreviewImage", (1020, y), [], title=f"{title}: samples", images=(decode, 0))
         samplers.append(sampler)
     table = g.add("FREECompare", (1360, 0), [], baseline=(samplers[0], 1), strict=(samplers[1], 1), relax=(samplers[2], 1))
-    g.add("PreviewImage", (1360, 150), [], title="calls, acceptance, wall clock", images=(table, 0))
-    g.add("Note", (1360, 480), [COMPARE_NOTE.format(relax_note=RELAX_NOTE)], title="What this graph shows")
+    g.add("PreviewImage", (1360, 230), [], title="calls, acceptance, wall clock", size=[620, 240], images=(table, 0))
+    g.add("Note", (1360, 580), [COMPARE_NOTE.format(relax_note=RELAX_NOTE)], title="What this graph shows")
     return g.to_json("free_compare_baseline_strict_relax")
 
 

@@ -108,6 +108,22 @@ class SamplingStats:
                      "would save, so every round was a plain step")
         return line
 
+    def canvas_text(self) -> str:
+        """The result in a few short lines, for a node on the canvas: calls against steps, acceptance and time, and
+        the wall clock against the plain sampler in words."""
+        calls, steps = self.sequential_dit_calls, self.num_steps
+        lines = [f"{calls} DiT calls for {steps} steps" + (f" ({self.call_reduction():.2f}x fewer)" if calls < steps else "")]
+        lines.append((f"acceptance {self.acceptance_rate:.2f}, " if sum(self.proposed_per_step) else "")
+                     + f"{self.wall_time_s:.2f} s")
+        plain = self.plain_wall_estimate_s()
+        if plain and self.wall_time_s:
+            ratio = plain / self.wall_time_s
+            direction = f"{ratio:.2f}x faster" if ratio >= 1 else f"{1 / ratio:.2f}x slower"
+            lines.append(f"wall clock: {direction} than {steps} plain steps (est.)")
+        if self.draft_length == "adaptive" and not any(self.draft_lengths):
+            lines.append("adaptive K: no gain on this device, plain steps")
+        return "\n".join(lines)
+
     def to_dict(self) -> dict:
         return {
             "sampler": self.sampler,

@@ -120,9 +120,14 @@ def comparison_rows(runs: dict[str, SamplingStats]) -> list[tuple[str, ...]]:
 
 
 def comparison_text(runs: dict[str, SamplingStats]) -> str:
-    rows = comparison_rows(runs)
-    widths = [max(len(row[k]) for row in rows) for k in range(len(rows[0]))]
-    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows)
+    """One line per run, readable without column alignment (a node's text collapses spaces)."""
+    lines = []
+    for name, calls, fewer, acceptance, wall, versus in comparison_rows(runs)[1:]:
+        line = f"{name}: {calls} DiT calls" + (f" ({fewer} fewer)" if fewer != "1.00x" else "")
+        line += f", acceptance {acceptance}" if acceptance != "-" else ""
+        line += f", {wall}" + (f", {versus} than the baseline" if versus != "-" else "")
+        lines.append(line)
+    return "\n".join(lines)
 
 
 def render_comparison(runs: dict[str, SamplingStats]) -> torch.Tensor:
