@@ -57,9 +57,11 @@ def test_cost_curve_interpolates_between_and_extrapolates_past_the_measured_rows
 def test_adaptive_policy_prices_drafts_at_the_measured_drafting_pass():
     """With a measured drafting pass the policy uses its seconds, not the 0.1 x verification assumption: drafts
     that cost as much as a verification make drafting unprofitable on a flat curve that otherwise pays."""
-    flat = {rows: 1.0 for rows in range(1, 20)}
-    cheap, dear = AdaptiveDraftLength(max_length=4, cost_curve=dict(flat)), AdaptiveDraftLength(max_length=4, cost_curve=dict(flat))
-    cheap.start_run(2, measure_draft=lambda: 0.01)
-    dear.start_run(2, measure_draft=lambda: 5.0)
+    def flat(sizes: list[int]) -> dict[int, float]:
+        return {rows: 1.0 for rows in sizes}
+
+    cheap, dear = AdaptiveDraftLength(max_length=4), AdaptiveDraftLength(max_length=4)
+    cheap.start_run(2, flat, measure_draft=lambda: 0.01)
+    dear.start_run(2, flat, measure_draft=lambda: 5.0)
     assert cheap.draft_cost_s == 0.01 and dear.draft_cost_s == 5.0
     assert max(range(5), key=cheap.expected_rate) == 4 and max(range(5), key=dear.expected_rate) == 0

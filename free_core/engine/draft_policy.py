@@ -69,14 +69,14 @@ class AdaptiveDraftLength(DraftLengthPolicy):
 
     def start_run(self, rows_per_state: int, measure: Callable[[list[int]], dict[int, float]] | None = None,
                   measure_draft: Callable[[], float] | None = None) -> None:
-        """Rows per state = batch x CFG branches; the cost curve (and a drafting pass) is read if none was given."""
+        """Rows per state = batch x CFG branches; the cost curve and a drafting pass are read if no curve was given."""
         self._reset()
         self.rows_per_state = rows_per_state
-        if self.cost_curve is None and measure is not None:
+        if self.cost_curve is None and measure is not None:  # a policy given its curve keeps its own cost model
             sizes = [rows_per_state * (k + 1) for k in range(self.max_length + 1)]
             self.cost_curve = measure(sizes)
-        if measure_draft is not None:
-            self.draft_cost_s = measure_draft()
+            if measure_draft is not None:
+                self.draft_cost_s = measure_draft()
 
     def _cost(self, rows: int) -> float:
         if not self.cost_curve:

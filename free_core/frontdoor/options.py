@@ -62,8 +62,7 @@ class SamplerOptions:
         if not isinstance(self.cfg, (int, float)) or isinstance(self.cfg, bool) or not (0 <= self.cfg < math.inf):
             refuse("cfg", "must be a finite number >= 0", f"1 turns guidance off; the embedded DiT's default is {EMBEDDED_CFG_SCALE}")
         if not _is_int(self.draft_length) or not 1 <= self.draft_length <= MAX_DRAFT_LENGTH:
-            refuse("draft_length", f"must be an integer from 1 to {MAX_DRAFT_LENGTH}",
-                   f"e.g. {DEFAULT_DRAFT_LENGTH} (with draft_policy adaptive it is the largest K tried)")
+            refuse("draft_length", f"must be an integer from 1 to {MAX_DRAFT_LENGTH}", f"e.g. {DEFAULT_DRAFT_LENGTH}")
         if self.draft_policy not in DRAFT_POLICIES:
             refuse("draft_policy", f"not one of {', '.join(DRAFT_POLICIES)}", "use fixed or adaptive")
         if self.relax_strength is not None:
