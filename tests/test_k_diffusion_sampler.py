@@ -111,7 +111,14 @@ def test_adaptive_draft_length_drafts_when_acceptance_is_high():
     """The policy sees each round's acceptance and a measured cost curve of the black-box model, so it drafts."""
     from free_core.engine.draft_policy import AdaptiveDraftLength
 
-    model = MixtureDenoiser(2, components=1)
+    import time
+
+    toy = MixtureDenoiser(2, components=1)
+
+    def model(x, sigma, **extra_args):  # a call costs 5 ms whatever its rows, as a big model's does on a GPU
+        time.sleep(0.005)
+        return toy(x, sigma, **extra_args)
+
     _, stats = _run(sample_free_euler_ancestral, model, 2, seed=0, n=16, draft_length=AdaptiveDraftLength(max_length=6))
     assert stats.acceptance_rate > 0.8
     assert max(stats.draft_lengths) > 0 and stats.rounds < 20
