@@ -36,22 +36,25 @@ def nodes_of(workflow: dict, class_type: str) -> list[dict]:
 
 
 def run_samplers(workflow: dict, dit, drafter) -> list[tuple[str, Image.Image, str]]:
-    """(title, image strip, headline) per FREE KSampler of the workflow, at its widgets' settings."""
+    """(title, image grid, headline) per FREE KSampler of the workflow, at its widgets' settings: one strip per
+    sampler when there are several, two rows when there is one (so the card is filled)."""
     (label_node,) = nodes_of(workflow, "FREEClassLabel")
     (latent_node,) = nodes_of(workflow, "FREEEmptyLatent")
     label, _ = resolve_class(label_node["widgets_values"][0], label_node["widgets_values"][1], dit.num_classes)
     batch = latent_node["widgets_values"][0]
-    rows = []
-    for node in nodes_of(workflow, "FREEKSampler"):
+    rows, samplers = [], nodes_of(workflow, "FREEKSampler")
+    columns = batch if len(samplers) > 1 else (batch + 1) // 2
+    for node in samplers:
         seed, _, steps, cfg, mode, draft_length, policy, strength = node["widgets_values"]
         options = SamplerOptions.from_node_widgets(mode, draft_length, policy, strength, steps=steps, cfg=cfg, seed=seed)
         import torch
 
         samples, stats = generate(dit, drafter, torch.full((batch,), label), options)
         pixels = (samples_to_images(samples, scale=2) * 255).round().byte().numpy()
-        strip = Image.new("RGB", (batch * (pixels.shape[2] + 4), pixels.shape[1]), BACKGROUND)
+        side = pixels.shape[2] + 4
+        strip = Image.new("RGB", (columns * side, ((batch + columns - 1) // columns) * side), BACKGROUND)
         for k in range(batch):
-            strip.paste(Image.fromarray(pixels[k]), (k * (pixels.shape[2] + 4), 0))
+            strip.paste(Image.fromarray(pixels[k]), ((k % columns) * side, (k // columns) * side))
         calls = f"{stats.sequential_dit_calls} DiT calls for {stats.num_steps} steps"
         rows.append((TITLES[mode], strip, calls))
     return rows
