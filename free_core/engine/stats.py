@@ -8,6 +8,11 @@ from dataclasses import dataclass, field
 import torch
 
 
+def speed_in_words(speedup: float) -> str:
+    """A wall-clock ratio (reference time / this time) with its direction in words: "1.70x faster", "2.00x slower"."""
+    return f"{speedup:.2f}x faster" if speedup >= 1 else f"{1 / speedup:.2f}x slower"
+
+
 @dataclass
 class SamplingStats:
     """What a sampling run cost: sequential DiT calls, evaluated states, acceptance, round lengths."""
@@ -77,9 +82,7 @@ class SamplingStats:
         plain = self.plain_wall_estimate_s()
         if plain is None or not self.wall_time_s:
             return None
-        ratio = plain / self.wall_time_s
-        direction = f"{ratio:.2f}x faster" if ratio >= 1 else f"{1 / ratio:.2f}x slower"
-        return (f"wall clock {self.wall_time_s:.2f} s, {direction} than {self.num_steps} plain steps "
+        return (f"wall clock {self.wall_time_s:.2f} s, {speed_in_words(plain / self.wall_time_s)} than {self.num_steps} plain steps "
                 f"(est. {plain:.2f} s from one measured step)")
 
     def progress_line(self) -> str:
@@ -117,9 +120,7 @@ class SamplingStats:
                      + f"{self.wall_time_s:.2f} s")
         plain = self.plain_wall_estimate_s()
         if plain and self.wall_time_s:
-            ratio = plain / self.wall_time_s
-            direction = f"{ratio:.2f}x faster" if ratio >= 1 else f"{1 / ratio:.2f}x slower"
-            lines.append(f"wall clock: {direction} than {steps} plain steps (est.)")
+            lines.append(f"wall clock: {speed_in_words(plain / self.wall_time_s)} than {steps} plain steps (est.)")
         if self.draft_length == "adaptive" and not any(self.draft_lengths):
             lines.append("adaptive K: no gain on this device, plain steps")
         return "\n".join(lines)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from ..engine.stats import SamplingStats
+from ..engine.stats import SamplingStats, speed_in_words
 
 WIDTH, PANEL_HEIGHT, MARGIN, TITLE_HEIGHT = 720, 170, 44, 64
 ACCEPT_COLOUR, ADVANCE_COLOUR, AXIS_COLOUR, MUTED = (52, 120, 246), (240, 130, 40), (40, 40, 40), (150, 150, 150)
@@ -113,7 +113,7 @@ def comparison_rows(runs: dict[str, SamplingStats]) -> list[tuple[str, ...]]:
     for name, stats in runs.items():
         drafted = sum(stats.proposed_per_step) > 0
         ratio = baseline.wall_time_s / stats.wall_time_s if stats.wall_time_s else 0.0
-        versus = "-" if stats is baseline else (f"{ratio:.2f}x faster" if ratio >= 1 else f"{1 / ratio:.2f}x slower")
+        versus = "-" if stats is baseline else speed_in_words(ratio)
         rows.append((name, f"{stats.sequential_dit_calls} / {stats.num_steps}", f"{stats.call_reduction():.2f}x",
                      f"{stats.acceptance_rate:.2f}" if drafted else "-", f"{stats.wall_time_s:.2f} s", versus))
     return rows

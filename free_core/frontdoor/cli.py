@@ -12,13 +12,15 @@ from typing import Callable
 
 import torch
 
+from ..engine.diffusion import VARIANCE_MODES
+from ..engine.stats import speed_in_words
 from ..models.checkpoints import EMBEDDED_CFG_SCALE, WEIGHTS_DIR
 from ..models.class_labels import resolve_class
-from .demo_grid import save_labelled_grid
-from ..engine.diffusion import VARIANCE_MODES
 from ..models.dit import DIT_CONFIGS
+from ..models.model_specs import (DIT_CHOICES, DRAFTER_CHOICES, check_dit_spec, check_drafter_spec, default_drafter,
+                                  resolve_dit, resolve_drafter)
+from .demo_grid import save_labelled_grid
 from .generate import generate
-from ..models.model_specs import DIT_CHOICES, DRAFTER_CHOICES, check_dit_spec, check_drafter_spec, default_drafter, resolve_dit, resolve_drafter
 from .options import (ADAPTIVE_MAX_DRAFT_LENGTH, DEFAULT_DRAFT_LENGTH, DEFAULT_RELAX_STRENGTH, DEFAULT_STEPS, OptionError,
                       SamplerOptions)
 
@@ -156,8 +158,7 @@ def comparison_text(report: dict, runs: tuple[str, ...], repeats: int) -> str:
     lines = []
     for run in runs:
         row, steps = report[run], report[run]["num_steps"]
-        speedup = row["wall_clock_speedup"]
-        clock = f"{speedup:.2f}x faster" if speedup >= 1 else f"{1 / speedup:.2f}x slower"
+        clock = speed_in_words(row["wall_clock_speedup"])
         lines.append(f"{RUN_TITLES[run]}: {row['sequential_dit_calls']} sequential DiT calls instead of {steps} "
                      f"({row['call_reduction']:.2f}x fewer); wall clock {clock} than the baseline on this machine "
                      f"({timing})")
