@@ -13,6 +13,7 @@ import json
 import sys
 from pathlib import Path
 
+import torch
 from PIL import Image, ImageDraw, ImageFont
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,8 +48,6 @@ def run_samplers(workflow: dict, dit, drafter) -> list[tuple[str, Image.Image, s
     for node in samplers:
         seed, _, steps, cfg, mode, draft_length, policy, strength = node["widgets_values"]
         options = SamplerOptions.from_node_widgets(mode, draft_length, policy, strength, steps=steps, cfg=cfg, seed=seed)
-        import torch
-
         samples, stats = generate(dit, drafter, torch.full((batch,), label), options)
         pixels = (samples_to_images(samples, scale=2) * 255).round().byte().numpy()
         side = pixels.shape[2] + 4

@@ -93,23 +93,10 @@ class SamplingStats:
             line += f", acceptance {self.acceptance_rate:.2f}"
         return line
 
-    def headline(self) -> str:
-        """After a run, one line: sequential DiT calls against steps in words, acceptance, wall time."""
-        calls, steps = self.sequential_dit_calls, self.num_steps
-        if calls < steps:
-            verdict = f"{steps - calls} fewer than the {steps} steps ({self.call_reduction():.2f}x fewer)"
-        elif calls == steps:
-            verdict = f"one per step ({steps} steps)"
-        else:
-            verdict = f"{calls - steps} more than the {steps} steps (verification split into groups)"
-        line = f"{self.sampler}: {calls} sequential DiT calls, {verdict}"
-        if sum(self.proposed_per_step):
-            line += f"; acceptance {self.acceptance_rate:.2f}"
-        line += "; " + (self.wall_clock_words() or f"{self.wall_time_s:.2f} s")
-        if self.draft_length == "adaptive" and not any(self.draft_lengths):
-            line += ("\nadaptive K drafted nothing: on this device verifying drafts costs as much as the steps they "
-                     "would save, so every round was a plain step")
-        return line
+    @property
+    def adaptive_drafted_nothing(self) -> bool:
+        """An adaptive run whose policy chose plain steps throughout: drafting cannot gain on this device."""
+        return self.draft_length == "adaptive" and not any(self.draft_lengths)
 
     def canvas_text(self) -> str:
         """The result in a few short lines, for a node on the canvas: calls against steps, acceptance and time, and
@@ -121,7 +108,7 @@ class SamplingStats:
         plain = self.plain_wall_estimate_s()
         if plain and self.wall_time_s:
             lines.append(f"wall clock: {speed_in_words(plain / self.wall_time_s)} than {steps} plain steps (est.)")
-        if self.draft_length == "adaptive" and not any(self.draft_lengths):
+        if self.adaptive_drafted_nothing:
             lines.append("adaptive K: no gain on this device, plain steps")
         return "\n".join(lines)
 
