@@ -58,7 +58,7 @@ def _accept(seed: int, temperature_of=None):
     proposed, accepted = torch.zeros(10, dtype=torch.long), torch.zeros(10, dtype=torch.long)
     new_state, stop = accept_prefix(
         states, draft_means, draft_stds, DRAFTS, offsets, mean_q, std_q, torch.Generator().manual_seed(seed),
-        step_of=lambda rows, j: A_STEP[rows] - j, temperature_of=temperature_of, proposed=proposed, accepted_count=accepted,
+        step_of=lambda samples, positions: A_STEP[samples] - positions, temperature_of=temperature_of, proposed=proposed, accepted_count=accepted,
     )
     return new_state, stop, proposed, accepted, (states, draft_means, offsets, mean_q, std_q)
 
@@ -83,10 +83,9 @@ def test_rejected_rows_are_the_reflection_of_the_draft_onto_the_target():
 def test_all_accepted_and_undrafted_samples_take_the_exact_transition_with_the_next_random_numbers():
     seed = 2
     new_state, _, _, _, (_, _, offsets, mean_q, std_q) = _accept(seed=seed)
-    # The accept step draws one uniform per drafted row and position (3 + 2 + 1 rows here), then the bonus noise.
+    # The accept step draws one uniform per draft (3 + 2 + 1 here, in one batch), then the bonus noise.
     g = torch.Generator().manual_seed(seed)
-    for rows_at_position in (3, 2, 1):
-        torch.rand(rows_at_position, generator=g, dtype=torch.float64)
+    torch.rand(6, generator=g, dtype=torch.float64)
     noise = torch.randn(2, DIM, generator=g, dtype=torch.float64)
     for k, (b, position) in enumerate(((0, 0), (2, 3))):
         row = offsets[b] + position
@@ -101,8 +100,9 @@ def test_per_step_counts_and_relax_temperature_see_the_drafts_step_indices():
         return torch.ones(step_index.numel(), dtype=torch.float64)
 
     _, stop, proposed, accepted, _ = _accept(seed=3, temperature_of=temperature_of)
-    # Drafts 0 of samples 1, 2, 3 sit at steps 7, 9, 4; drafts 1 of samples 1, 2 at 6, 8; draft 2 of sample 2 at 7.
-    assert seen == [[7, 9, 4], [6, 8], [7]]
+    # Drafts 0 of samples 1, 2, 3 sit at steps 7, 9, 4; drafts 1 of samples 1, 2 at 6, 8; draft 2 of sample 2 at 7
+    # (all decided in one batch, position-major).
+    assert seen == [[7, 9, 4, 6, 8, 7]]
     assert proposed.tolist() == [0, 0, 0, 0, 1, 0, 1, 2, 1, 1]
     assert accepted.tolist() == [0, 0, 0, 0, 0, 0, 0, 2, 1, 1]
     assert stop.tolist() == EXPECTED_STOP  # temperature 1 is strict

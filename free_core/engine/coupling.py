@@ -1,18 +1,30 @@
 """Maximal couplings of diagonal Gaussians: the accept/replace step of speculative sampling.
 
-Given a draft x ~ p = N(mean_p, std_p^2), `maximal_coupling` returns y ~ q = N(mean_q, std_q^2)
-exactly, with y = x (accepted) as often as any coupling allows: P(accept) = 1 - TV(p, q).
+Given a draft x ~ p = N(mean_p, std_p^2), a maximal coupling returns y ~ q = N(mean_q, std_q^2)
+exactly, with y = x (accepted) as often as any coupling allows: P(accept) = 1 - TV(p, q). It has two parts,
+exposed separately so that a speculative round can decide every draft of a round in one batch and replace
+only the first rejection of each chain:
 
-* Equal stds: reflection coupling. Accept with probability min(1, q(x)/p(x)); otherwise reflect x
-  through the hyperplane bisecting the two means (in whitened coordinates). No loops.
-* Unequal stds: accept with min(1, q(x)/p(x)); otherwise draw from the residual (q - p)+ / TV by
-  rejection from q with acceptance 1 - min(1, p/q), in log space, in growing vectorized chunks.
-  The loop is bounded: past `max_residual_candidates` it raises instead of returning a wrong law.
-* Point masses (std 0, e.g. the final deterministic step) are coupled exactly: equal points are
-  accepted, anything else is TV = 1 and y is drawn from q.
+* `coupling_decisions`: accept x with probability min(1, q(x)/p(x)) (log space; relax mode tempers the
+  ratio to (q/p)^(1/temperature)). A draft whose density is not finite, or whose law has a point mass q
+  lacks (TV = 1), is never accepted.
+* `coupling_replacements`: y for a rejected x, drawn from the residual (q - p)+ / TV:
+  - equal stds: the reflection of x through the hyperplane bisecting the two means (whitened coordinates);
+    a rejected x reflected this way has exactly the residual law, so no random numbers are used;
+  - unequal stds: rejection sampling from q with acceptance 1 - min(1, p/q), in growing vectorized chunks,
+    bounded: past `max_residual_candidates` it raises instead of returning a wrong law;
+  - disjoint laws (point masses, e.g. the final deterministic step): a fresh draw from q.
+Because the two parts use independent random numbers, deciding all drafts first and replacing only the
+rejections that are used is the same coupling, with the same law.
 
-All work is per sample (dim 0) in float64; `y` is returned in `x_draft`'s dtype, and accepted rows
-are `x_draft` itself, bit for bit.
+Numerics: the log-density ratio sums d squared differences; it is computed in float64 so that its rounding
+(relative 1e-16 x d) stays far below any acceptance probability that matters, whatever the states' dtype
+(float32 states of a DiT, or bf16 models whose outputs are cast to float32). `y` is returned in `x_draft`'s
+dtype, and accepted rows are `x_draft` itself, bit for bit.
+
+`maximal_coupling` composes the two and validates its inputs: the public entry point. The speculative
+round calls the two parts directly on tensors it built itself (shapes and dtypes right by construction;
+NaN drafts are rejected by `coupling_decisions`, NaN verified outputs are refused by the transition).
 """
 
 from __future__ import annotations
@@ -45,9 +57,8 @@ def maximal_coupling(
     if x_draft.ndim < 1 or x_draft.shape[0] == 0:
         raise ValueError(f"x_draft must have a sample dimension (dim 0) of size >= 1, got shape {tuple(x_draft.shape)}")
     shape = x_draft.shape
-    named = {"mean_p": mean_p, "std_p": std_p, "mean_q": mean_q, "std_q": std_q}
-    flat = {}
-    for name, value in named.items():
+    laws = []
+    for name, value in {"mean_p": mean_p, "std_p": std_p, "mean_q": mean_q, "std_q": std_q}.items():
         value = torch.as_tensor(value, device=x_draft.device)
         try:
             value = torch.broadcast_to(value, shape)
@@ -55,50 +66,55 @@ def maximal_coupling(
             raise ValueError(f"{name} with shape {tuple(value.shape)} does not broadcast to x_draft's shape {tuple(shape)}") from None
         if not torch.isfinite(value).all():
             raise ValueError(f"{name} contains NaN or Inf")
-        flat[name] = value.reshape(shape[0], -1).double()
+        if name.startswith("std") and (value < 0).any():
+            raise ValueError(f"{name} must be >= 0 everywhere")
+        laws.append(value)
     if not torch.isfinite(x_draft).all():
         raise ValueError("x_draft contains NaN or Inf")
-    for name in ("std_p", "std_q"):
-        if (flat[name] < 0).any():
-            raise ValueError(f"{name} must be >= 0 everywhere")
     if max_residual_candidates < 1:
         raise ValueError(f"max_residual_candidates must be >= 1, got {max_residual_candidates}")
-    n = shape[0]
-    log_temperature_inv = _inverse_temperature(temperature, n, x_draft.device)
+    inverse_temperature = _inverse_temperature(temperature, shape[0], x_draft.device)
+    accepted = coupling_decisions(x_draft, *laws, generator, inverse_temperature)
+    y = x_draft.clone()
+    rejected = (~accepted).nonzero().flatten()
+    if rejected.numel():
+        y[rejected] = coupling_replacements(x_draft[rejected], *(law[rejected] for law in laws), generator,
+                                            max_residual_candidates)
+    return y, accepted
 
-    x = x_draft.reshape(n, -1).double()
-    mp, sp, mq, sq = flat["mean_p"], flat["std_p"], flat["mean_q"], flat["std_q"]
-    point_p, point_q = sp == 0, sq == 0
-    disjoint = ((point_p != point_q) | (point_p & point_q & (mp != mq))).any(dim=1)
-    # Coordinates that are the same point mass under p and q carry no randomness: use unit std there.
-    fixed = point_p & point_q
-    sp = torch.where(fixed, torch.ones_like(sp), sp)
-    sq = torch.where(fixed, torch.ones_like(sq), sq)
-    same_std = (sp == sq).all(dim=1) & ~disjoint
 
+def coupling_decisions(x_draft: torch.Tensor, mean_p: torch.Tensor, std_p: torch.Tensor, mean_q: torch.Tensor,
+                       std_q: torch.Tensor, generator: torch.Generator | None,
+                       inverse_temperature: torch.Tensor | None = None) -> torch.Tensor:
+    """Accept each draft (dim 0) with probability min(1, (q(x)/p(x))^inverse_temperature): one uniform per draft."""
+    n = x_draft.shape[0]
+    x, mp, sp, mq, sq, disjoint, _ = _whitening_inputs(x_draft, mean_p, std_p, mean_q, std_q)
+    log_ratio = _log_density_ratio(x, mq, sq, mp, sp)  # log q(x) - log p(x)
+    if inverse_temperature is not None:
+        log_ratio = log_ratio * inverse_temperature
     log_u = torch.log(torch.rand(n, dtype=torch.float64, device=x.device, generator=generator))
-    y = torch.empty_like(x)
-    accepted = torch.zeros(n, dtype=torch.bool, device=x.device)
+    return (log_u < log_ratio) & ~disjoint & torch.isfinite(log_ratio)
 
+
+def coupling_replacements(x_draft: torch.Tensor, mean_p: torch.Tensor, std_p: torch.Tensor, mean_q: torch.Tensor,
+                          std_q: torch.Tensor, generator: torch.Generator | None,
+                          max_residual_candidates: int = DEFAULT_MAX_RESIDUAL_CANDIDATES) -> torch.Tensor:
+    """Draws from the residual (q - p)+ / TV for drafts (dim 0) that `coupling_decisions` rejected, in x_draft's dtype."""
+    shape = x_draft.shape
+    x, mp, sp, mq, sq, disjoint, fixed = _whitening_inputs(x_draft, mean_p, std_p, mean_q, std_q)
+    y = torch.empty_like(x)
+    same_std = (sp == sq).all(dim=1) & ~disjoint
     rows = same_std.nonzero().flatten()
     if rows.numel():
-        y[rows], accepted[rows] = _reflection(x[rows], mp[rows], mq[rows], sp[rows], log_u[rows], log_temperature_inv[rows])
-
+        y[rows] = _reflection(x[rows], mp[rows], mq[rows], sp[rows])
     rows = (~same_std & ~disjoint).nonzero().flatten()
     if rows.numel():
-        y[rows], accepted[rows] = _residual(
-            x[rows], mp[rows], sp[rows], mq[rows], sq[rows], log_u[rows], log_temperature_inv[rows],
-            generator, max_residual_candidates,
-        )
-
+        y[rows] = _residual(mp[rows], sp[rows], mq[rows], sq[rows], generator, max_residual_candidates)
     rows = disjoint.nonzero().flatten()
     if rows.numel():
         noise = torch.randn(rows.numel(), x.shape[1], dtype=torch.float64, device=x.device, generator=generator)
         y[rows] = mq[rows] + sq[rows] * torch.where(fixed[rows], torch.zeros_like(noise), noise)
-
-    y = y.reshape(shape).to(x_draft.dtype)
-    y = torch.where(accepted.reshape(-1, *([1] * (len(shape) - 1))), x_draft, y)
-    return y, accepted
+    return y.reshape(shape).to(x_draft.dtype)
 
 
 def acceptance_probability_equal_std(delta: torch.Tensor | float) -> torch.Tensor:
@@ -107,9 +123,24 @@ def acceptance_probability_equal_std(delta: torch.Tensor | float) -> torch.Tenso
     return torch.erfc(delta.abs() / (2 * 2**0.5))
 
 
-def _inverse_temperature(temperature: torch.Tensor | float | None, n: int, device: torch.device) -> torch.Tensor:
+def _whitening_inputs(x_draft, mean_p, std_p, mean_q, std_q):
+    """Flattened float64 (n, d) inputs; coordinates that are the same point mass under p and q carry no randomness
+    and get unit std (`fixed`); `disjoint` rows have a point mass that the other law lacks (TV = 1), or a draft
+    that is not a finite point of a finite law (then q is drawn afresh)."""
+    n = x_draft.shape[0]
+    x, mp, sp, mq, sq = (t.reshape(n, -1).double() for t in (x_draft, mean_p, std_p, mean_q, std_q))
+    point_p, point_q = sp == 0, sq == 0
+    disjoint = ((point_p != point_q) | (point_p & point_q & (mp != mq)) | ~torch.isfinite(x + mp + sp)).any(dim=1)
+    fixed = point_p & point_q
+    if fixed.any():
+        sp = torch.where(fixed, torch.ones_like(sp), sp)
+        sq = torch.where(fixed, torch.ones_like(sq), sq)
+    return x, mp, sp, mq, sq, disjoint, fixed
+
+
+def _inverse_temperature(temperature: torch.Tensor | float | None, n: int, device: torch.device) -> torch.Tensor | None:
     if temperature is None:
-        return torch.ones(n, dtype=torch.float64, device=device)
+        return None
     temperature = torch.as_tensor(temperature, dtype=torch.float64, device=device)
     try:
         temperature = torch.broadcast_to(temperature.reshape(-1) if temperature.ndim else temperature, (n,))
@@ -120,17 +151,14 @@ def _inverse_temperature(temperature: torch.Tensor | float | None, n: int, devic
     return 1.0 / temperature
 
 
-def _reflection(x, mp, mq, std, log_u, inv_temperature):
+def _reflection(x, mp, mq, std):
+    """x reflected through the hyperplane bisecting mp and mq, in coordinates whitened by the common std."""
     z = (x - mp) / std
     delta = (mq - mp) / std
     delta_norm = delta.norm(dim=1)
-    safe_norm = torch.where(delta_norm > 0, delta_norm, torch.ones_like(delta_norm))
-    e = delta / safe_norm[:, None]
+    e = delta / torch.where(delta_norm > 0, delta_norm, torch.ones_like(delta_norm))[:, None]
     w = (z * e).sum(dim=1)  # projection of the whitened draft noise on the mean-difference direction
-    log_ratio = delta_norm * w - 0.5 * delta_norm**2  # log q(x) - log p(x)
-    accepted = log_u < log_ratio * inv_temperature
-    reflected = mq + std * (z - 2 * e * w[:, None])
-    return reflected, accepted
+    return mq + std * (z - 2 * e * w[:, None])
 
 
 def _log_density_ratio(v, m_num, s_num, m_den, s_den):
@@ -140,11 +168,10 @@ def _log_density_ratio(v, m_num, s_num, m_den, s_den):
     return (num - den).sum(dim=-1)
 
 
-def _residual(x, mp, sp, mq, sq, log_u, inv_temperature, generator, max_candidates):
-    log_ratio = _log_density_ratio(x, mq, sq, mp, sp)  # log q(x) - log p(x)
-    accepted = log_u < log_ratio * inv_temperature
-    y = x.clone()
-    pending = (~accepted).nonzero().flatten()
+def _residual(mp, sp, mq, sq, generator, max_candidates):
+    """Draws from (q - p)+ / TV by rejection from q: a candidate is kept with probability 1 - min(1, p/q)."""
+    y = torch.empty_like(mq)
+    pending = torch.arange(mq.shape[0], device=mq.device)
     chunk, used = 8, 0
     while pending.numel():
         if used >= max_candidates:
@@ -153,10 +180,10 @@ def _residual(x, mp, sp, mq, sq, log_u, inv_temperature, generator, max_candidat
                 "this has probability < 1/(e * max_residual_candidates): raise max_residual_candidates"
             )
         chunk = min(chunk, max_candidates - used)
-        noise = torch.randn(pending.numel(), chunk, x.shape[1], dtype=x.dtype, device=x.device, generator=generator)
+        noise = torch.randn(pending.numel(), chunk, mq.shape[1], dtype=mq.dtype, device=mq.device, generator=generator)
         candidates = mq[pending, None] + sq[pending, None] * noise  # (P, C, d) draws from q
         log_p_over_q = _log_density_ratio(candidates, mp[pending, None], sp[pending, None], mq[pending, None], sq[pending, None])
-        log_v = torch.log(torch.rand(pending.numel(), chunk, dtype=x.dtype, device=x.device, generator=generator))
+        log_v = torch.log(torch.rand(pending.numel(), chunk, dtype=mq.dtype, device=mq.device, generator=generator))
         keep = log_v >= torch.clamp(log_p_over_q, max=0.0)  # probability 1 - min(1, p/q)
         found = keep.any(dim=1)
         first = keep.float().argmax(dim=1)
@@ -164,5 +191,5 @@ def _residual(x, mp, sp, mq, sq, log_u, inv_temperature, generator, max_candidat
         y[pending[rows]] = candidates[rows, first[rows]]
         pending = pending[~found]
         used += chunk
-        chunk = min(chunk * 2, max(8, (1 << 22) // max(1, x.shape[1])))
-    return y, accepted
+        chunk = min(chunk * 2, max(8, (1 << 22) // max(1, mq.shape[1])))
+    return y

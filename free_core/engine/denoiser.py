@@ -78,8 +78,9 @@ class GuidedDenoiser:
         eps = uncond[:, :c] + self.cfg_scale * (cond[:, :c] - uncond[:, :c])
         return torch.cat([eps, cond[:, c:]], dim=1)
 
-    def transition(self, output: torch.Tensor, x: torch.Tensor, i: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.diffusion.transition(output, x, i, self.variance, self.clip_denoised)
+    def transition(self, output: torch.Tensor, x: torch.Tensor, i: torch.Tensor, check_finite: bool = True
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.diffusion.transition(output, x, i, self.variance, self.clip_denoised, check_finite)
 
     @torch.no_grad()
     def evaluate(self, x: torch.Tensor, i: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -35,6 +35,21 @@ def spaced_timesteps(num_train_steps: int, num_steps: int) -> list[int]:
     return sorted({int(round(k * frac_stride)) for k in range(num_steps)})
 
 
+def _learned_sigma_channels(model_output: torch.Tensor, x_t: torch.Tensor) -> int:
+    channels = x_t.shape[1]
+    if model_output.shape[1] != 2 * channels:
+        raise ValueError(
+            f"variance='learned' needs a learned-sigma output with {2 * channels} channels, got "
+            f"{model_output.shape[1]}; use variance='fixed_small' for this model"
+        )
+    return channels
+
+
+# The numbers `transition` reads per step, in the order of its table (then the fixed-large variance, then i != 0).
+_TRANSITION_COEFFICIENTS = ("sqrt_recip_alphas_cumprod", "sqrt_recipm1_alphas_cumprod", "posterior_mean_coef1",
+                            "posterior_mean_coef2", "log_betas", "posterior_log_variance_clipped")
+
+
 class GaussianDiffusion:
     """A (possibly respaced) DDPM schedule with posterior and model transitions."""
 
@@ -62,6 +77,8 @@ class GaussianDiffusion:
             "fixed_large_log_variance": np.log(np.append(clipped_start, betas[1:])),
         }
         self.tables = {name: torch.from_numpy(value) for name, value in tables.items()}
+        self._timesteps: dict[torch.device, torch.Tensor] = {}
+        self._transition_tables: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
 
     @classmethod
     def respaced(cls, num_steps: int, num_train_steps: int = 1000) -> "GaussianDiffusion":
@@ -84,7 +101,20 @@ class GaussianDiffusion:
 
     def timestep_for(self, i: torch.Tensor) -> torch.Tensor:
         """Model conditioning timestep for respaced step indices."""
-        return torch.as_tensor(self.model_timesteps, device=i.device)[i]
+        if i.device not in self._timesteps:
+            self._timesteps[i.device] = torch.as_tensor(self.model_timesteps, device=i.device)
+        return self._timesteps[i.device][i]
+
+    def _transition_coefficients(self, i: torch.Tensor, like: torch.Tensor) -> list[torch.Tensor]:
+        """The per-step numbers of `transition` at step indices i, gathered at once from one table per device and
+        dtype (each float64 value rounded to `like`'s dtype, as a per-name gather would), shaped to broadcast."""
+        key = (like.device, like.dtype)
+        if key not in self._transition_tables:
+            names = [*_TRANSITION_COEFFICIENTS, "fixed_large_log_variance"]
+            columns = [self.tables[name] for name in names] + [torch.from_numpy(np.arange(self.num_steps) != 0).double()]
+            self._transition_tables[key] = torch.stack(columns, dim=1).to(like.device, like.dtype)
+        rows = self._transition_tables[key][i.to(like.device)]  # (n, 8)
+        return list(rows.reshape(-1, rows.shape[1], *([1] * (like.ndim - 1))).unbind(1))
 
     def q_sample(self, x0: torch.Tensor, i: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         return self._gather("sqrt_alphas_cumprod", i, x0) * x0 + self._gather("sqrt_one_minus_alphas_cumprod", i, x0) * noise
@@ -98,12 +128,7 @@ class GaussianDiffusion:
     def log_variance(self, model_output: torch.Tensor, x_t: torch.Tensor, i: torch.Tensor, variance: VarianceMode) -> torch.Tensor:
         """Log variance of the reverse step; `learned` interpolates DiT's learned range."""
         if variance == "learned":
-            channels = x_t.shape[1]
-            if model_output.shape[1] != 2 * channels:
-                raise ValueError(
-                    f"variance='learned' needs a learned-sigma output with {2 * channels} channels, got "
-                    f"{model_output.shape[1]}; use variance='fixed_small' for this model"
-                )
+            channels = _learned_sigma_channels(model_output, x_t)
             frac = (model_output[:, channels:] + 1) / 2
             return frac * self._gather("log_betas", i, x_t) + (1 - frac) * self._gather("posterior_log_variance_clipped", i, x_t)
         if variance == "fixed_small":
@@ -119,26 +144,36 @@ class GaussianDiffusion:
         i: torch.Tensor,
         variance: VarianceMode = "learned",
         clip_denoised: bool = False,
+        check_finite: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Gaussian ancestral step p(x_{i-1} | x_i) = N(mean, std^2) from an eps-prediction model output.
 
-        `i` holds one respaced step index per sample; the final step (i = 0) has std 0 (no noise).
+        `i` holds one respaced step index per sample; the final step (i = 0) has std 0 (no noise). A model output
+        with NaN or Inf is refused (a drafted one need not be checked: the coupling never accepts such a draft).
         """
         if model_output.shape[0] != x_t.shape[0] or model_output.shape[2:] != x_t.shape[2:]:
             raise ValueError(f"model_output shape {tuple(model_output.shape)} does not match x_t shape {tuple(x_t.shape)}")
-        if not torch.isfinite(model_output).all():
+        if check_finite and not torch.isfinite(model_output).all():
             raise ValueError(
                 "model_output contains NaN or Inf; check the model weights and dtype (fp16 overflow?) or lower cfg"
             )
         channels = x_t.shape[1]
         eps = model_output[:, :channels]
-        x0 = self.predict_x0(x_t, i, eps)
+        recip, recipm1, coef1, coef2, log_betas, log_variance_clipped, fixed_large, not_last = (
+            self._transition_coefficients(i, x_t))
+        x0 = recip * x_t - recipm1 * eps
         if clip_denoised:
             x0 = x0.clamp(-1, 1)
-        mean = self.posterior_mean(x0, x_t, i)
-        std = torch.exp(0.5 * self.log_variance(model_output, x_t, i, variance))
-        is_last = (i == 0).to(x_t.device).reshape(-1, *([1] * (x_t.ndim - 1)))
-        std = torch.where(is_last, torch.zeros_like(std), std)
+        mean = coef1 * x0 + coef2 * x_t
+        if variance == "learned":
+            _learned_sigma_channels(model_output, x_t)
+            frac = (model_output[:, channels:] + 1) / 2
+            log_variance = frac * log_betas + (1 - frac) * log_variance_clipped
+        elif variance in ("fixed_small", "fixed_large"):
+            log_variance = (log_variance_clipped if variance == "fixed_small" else fixed_large).expand_as(x_t)
+        else:
+            raise ValueError(f"variance must be one of {VARIANCE_MODES}, got {variance!r}")
+        std = torch.exp(0.5 * log_variance) * not_last  # the final step (i = 0) has no noise
         return mean, std
 
     def kl_to_posterior(

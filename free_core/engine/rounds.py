@@ -6,9 +6,10 @@ with K_b = min(K, N - p_b - 1) drafts (the bonus transition must exist):
      state s_j (s_0 = x_b); s_{j+1} ~ p_j.
   2. verify: the space evaluates s_0..s_{K_b} of all samples in ONE model call (ragged: per-row progress),
      giving the exact transitions q_j out of each s_j.
-  3. accept: for j = 0..K_b-1, (y, ok) = maximal_coupling(s_{j+1}, p_j, q_j). The first rejection commits y
-     (an exact draw from q_j) and ends the round; if all K_b drafts pass, the exact transition out of s_{K_b}
-     is drawn for free. A round advances 1..K_b+1 steps for one model call.
+  3. accept: for j = 0..K_b-1, a maximal coupling of s_{j+1} ~ p_j with q_j (all drafts decided in one batch).
+     The first rejection commits the coupling's residual draw (an exact draw from q_j) and ends the round; if
+     all K_b drafts pass, the exact transition out of s_{K_b} is drawn for free. A round advances 1..K_b+1
+     steps for one model call.
   4. commit: the space keeps what its drafter needs of the verified states the chain moved through.
 A space supplies the transitions and the drafter; everything else (layout, coupling, commit, statistics,
 the draft-length policy) lives here, so every sampler built on it has the same exactness argument.
@@ -20,7 +21,7 @@ from typing import Callable, Protocol
 
 import torch
 
-from .coupling import maximal_coupling
+from .coupling import coupling_decisions, coupling_replacements
 from .draft_policy import DraftLengthPolicy, FixedDraftLength
 from .sampling import step_noise
 from .stats import SamplingStats
@@ -92,41 +93,44 @@ def accept_prefix(
     mean_q: torch.Tensor,
     std_q: torch.Tensor,
     generator: torch.Generator,
-    step_of: Callable[[torch.Tensor, int], torch.Tensor],
+    step_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     temperature_of: Callable[[torch.Tensor], torch.Tensor] | None,
     proposed: torch.Tensor,
     accepted_count: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Couple each drafted transition j = 0, 1, ... with its verified one until the first rejection.
 
-    A rejection commits the coupling's exact draw; a sample whose K_b drafts all pass takes one more exact
-    transition out of its last drafted state. `step_of(rows, j)` names the step of draft j (for the per-step
-    counts `proposed`/`accepted_count`, updated in place, and `temperature_of`, relax mode's kappa; None in
-    strict mode). Returns (new_state, stop): stop[b] is the position whose exact transition produced sample b's
-    new state.
+    Every draft of the round is decided in one batch (one uniform each, position-major); each sample stops at
+    its first rejection, which commits the coupling's residual draw, and the decisions after it are discarded
+    (they used their own random numbers, so the kept ones have the law of deciding one draft at a time). A
+    sample whose K_b drafts all pass takes one more exact transition out of its last drafted state.
+    `step_of(samples, positions)` names the step of each draft (for the per-step counts `proposed` /
+    `accepted_count`, updated in place, and `temperature_of`, relax mode's kappa; None in strict mode).
+    Returns (new_state, stop): stop[b] is the position whose exact transition produced sample b's new state.
     """
     new_state = torch.empty_like(states[0])
     stop = drafts.clone()
-    decided = torch.zeros(drafts.numel(), dtype=torch.bool)
-    for j in range(len(draft_means)):
-        rows = ((drafts > j) & ~decided).nonzero().flatten()
-        if not rows.numel():
-            break
-        q_rows = offsets[rows] + j
-        step_index = step_of(rows, j)
-        y, accepted = maximal_coupling(
-            states[j + 1][rows], draft_means[j][rows], draft_stds[j][rows],
-            mean_q[q_rows], std_q[q_rows], generator,
-            temperature=None if temperature_of is None else temperature_of(step_index),
-        )
+    if draft_means:
+        position, sample = (torch.arange(len(draft_means))[:, None] < drafts[None]).nonzero(as_tuple=True)
+        x_draft = torch.stack(states[1:])[position, sample]
+        mean_p, std_p = torch.stack(draft_means)[position, sample], torch.stack(draft_stds)[position, sample]
+        q_rows = offsets[sample] + position
+        step_index = step_of(sample, position)
+        inverse_temperature = None if temperature_of is None else 1.0 / temperature_of(step_index)
+        accepted = coupling_decisions(x_draft, mean_p, std_p, mean_q[q_rows], std_q[q_rows], generator, inverse_temperature)
         accepted, step_index = accepted.cpu(), step_index.cpu()
-        proposed += torch.bincount(step_index, minlength=proposed.numel())
-        accepted_count += torch.bincount(step_index[accepted], minlength=accepted_count.numel())
-        rejected = rows[~accepted]
-        new_state[rejected] = y[~accepted]
-        stop[rejected] = j
-        decided[rejected] = True
-    bonus = (~decided).nonzero().flatten()
+        first_rejection = torch.full_like(drafts, len(draft_means)).scatter_reduce(
+            0, sample[~accepted], position[~accepted], reduce="amin")
+        stop = torch.minimum(drafts, first_rejection)
+        decided = position <= stop[sample]  # the drafts a one-at-a-time round would have tested
+        proposed += torch.bincount(step_index[decided], minlength=proposed.numel())
+        accepted_count += torch.bincount(step_index[decided & accepted], minlength=accepted_count.numel())
+        replaced = ((position == stop[sample]) & ~accepted).nonzero().flatten()
+        if replaced.numel():
+            new_state[sample[replaced]] = coupling_replacements(
+                x_draft[replaced], mean_p[replaced], std_p[replaced], mean_q[q_rows[replaced]], std_q[q_rows[replaced]],
+                generator)
+    bonus = (stop == drafts).nonzero().flatten()
     if bonus.numel():
         q_rows = offsets[bonus] + drafts[bonus]
         new_state[bonus] = mean_q[q_rows] + std_q[q_rows] * step_noise(mean_q[q_rows], generator)
@@ -172,28 +176,34 @@ def run_rounds(
         # 1. draft ---------------------------------------------------------------------------------------
         states = [x[active]]  # states[j]: drafted state s_j of every active sample (rows beyond K_b unused)
         draft_means, draft_stds = [], []
+        every_row, k_min = torch.arange(active.numel()), int(drafts.min())
         for j in range(int(drafts.max())):
-            rows = (drafts > j).nonzero().flatten()
-            previous = last_state[active][rows] if j == 0 else states[j - 1][rows]
-            mean_p, std_p = space.draft(rows, a_progress[rows] + j, states[j][rows], previous)
+            if j < k_min:  # every sample drafts: no row selection, no copies
+                previous = last_state[active] if j == 0 else states[j - 1]
+                mean_p, std_p = space.draft(every_row, a_progress + j, states[j], previous)
+                states.append(mean_p + std_p * step_noise(mean_p, generator))
+            else:
+                rows = (drafts > j).nonzero().flatten()
+                previous = last_state[active][rows] if j == 0 else states[j - 1][rows]
+                rows_mean, rows_std = space.draft(rows, a_progress[rows] + j, states[j][rows], previous)
+                next_state, mean_p, std_p = states[j].clone(), torch.zeros_like(states[0]), torch.zeros_like(states[0])
+                next_state[rows] = rows_mean + rows_std * step_noise(rows_mean, generator)
+                mean_p[rows], std_p[rows] = rows_mean, rows_std
+                states.append(next_state)
             stats.drafter_calls += 1
-            next_state = states[j].clone()
-            next_state[rows] = mean_p + std_p * step_noise(mean_p, generator)
-            states.append(next_state)
-            full_mean, full_std = torch.zeros_like(states[0]), torch.zeros_like(states[0])
-            full_mean[rows], full_std[rows] = mean_p, std_p
-            draft_means.append(full_mean)
-            draft_stds.append(full_std)
+            draft_means.append(mean_p)
+            draft_stds.append(std_p)
 
         # 2. verify: every (sample, position <= K_b) in one model call --------------------------------------
         offsets, pair_a, pair_j = verification_layout(drafts)
         stacked = torch.stack(states, dim=1)  # (A, K_max + 1, ...)
-        mean_q, std_q = space.verify(stacked[pair_a, pair_j], a_progress[pair_a] + pair_j, pair_a)
+        verified = stacked.flatten(0, 1) if k_min == len(draft_means) else stacked[pair_a, pair_j]
+        mean_q, std_q = space.verify(verified, a_progress[pair_a] + pair_j, pair_a)
 
         # 3. accept the longest prefix; the first rejection commits the coupled exact draw ------------------
         new_state, stop = accept_prefix(
             states, draft_means, draft_stds, drafts, offsets, mean_q, std_q, generator,
-            step_of=lambda rows, j: space.step_label(a_progress[rows] + j), temperature_of=temperature_of,
+            step_of=lambda samples, positions: space.step_label(a_progress[samples] + positions), temperature_of=temperature_of,
             proposed=proposed, accepted_count=accepted_count,
         )
 

@@ -40,27 +40,37 @@ class DDPMSpace:
 
     def begin_round(self, active: torch.Tensor) -> None:
         self.active = active
-        if self.last_output is not None:  # work copies: drafts overwrite them within the round
-            self.work_output = self.last_output[active].clone()
-            self.work_history = self.history[active].clone() if self.history is not None else None
+        if self.last_output is not None:  # work copies (indexing copies): drafts overwrite them within the round
+            self.work_output = self.last_output[active]
+            self.work_history = self.history[active] if self.history is not None else None
 
     def draft(self, rows, progress, state, previous):
         denoiser, device = self.denoiser, state.device
+        every_row = rows.numel() == self.active.numel()  # then rows is 0..A-1: read and write whole tensors
         i = self.step_label(progress).to(device)
         x_rows, t_rows, y_rows = denoiser.rows(state, i, self.labels[self.active[rows].to(device)])
         branches = denoiser.branches
+        history = self.work_history if every_row or self.work_history is None else self.work_history[rows]
         context = DraftContext(
-            features=None if self.work_history is None else self.work_history[rows].flatten(0, 1),
-            output=self.work_output[rows].flatten(0, 1),
+            features=None if history is None else history.flatten(0, 1),
+            output=(self.work_output if every_row else self.work_output[rows]).flatten(0, 1),
             x=x_rows, t=t_rows, y=y_rows, step=i.repeat_interleave(branches),
             previous_x=previous.repeat_interleave(branches, dim=0),
         )
         out_rows, feature_rows = self.drafter.propose(denoiser.model, context)
-        self.work_output[rows] = out_rows.unflatten(0, (-1, branches))
-        if self.work_history is not None and feature_rows is not None:
+        if every_row:
+            self.work_output = out_rows.unflatten(0, (-1, branches))
+        else:
+            self.work_output[rows] = out_rows.unflatten(0, (-1, branches))
+        if history is not None and feature_rows is not None:
             drafted = feature_rows.unflatten(0, (-1, branches)).unsqueeze(2)
-            self.work_history[rows] = torch.cat([self.work_history[rows][:, :, 1:], drafted], dim=2)
-        return denoiser.transition(denoiser.guided_output(out_rows), state, i)
+            shifted = torch.cat([history[:, :, 1:], drafted], dim=2)
+            if every_row:
+                self.work_history = shifted
+            else:
+                self.work_history[rows] = shifted
+        # A drafted output need not be checked for NaN: the coupling never accepts a draft whose density is not finite.
+        return denoiser.transition(denoiser.guided_output(out_rows), state, i, check_finite=False)
 
     def verify(self, states, progress, sample):
         denoiser = self.denoiser

@@ -63,11 +63,13 @@ class FreeDrafter(nn.Module):
         self.dit_fingerprint = ""
 
     def predict_features(self, dit: DiT, history: torch.Tensor, x: torch.Tensor, previous_x: torch.Tensor,
-                         t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """history (R, m, T, D) oldest first; x, previous_x (R, C, H, W); t, y (R,) -> drafted features (R, T, D)."""
+                         t: torch.Tensor, y: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        """history (R, m, T, D) oldest first; x, previous_x (R, C, H, W); t, y (R,) -> drafted features (R, T, D).
+
+        `c` is the DiT's conditioning of (t, y) when the caller has it already."""
         last, previous = history[:, -1], history[:, -2]  # (R, T, D)
-        c = dit.conditioning(t, y)  # (R, D)
-        state_change = dit.x_embedder(x) - dit.x_embedder(previous_x)  # (R, T, D): drift + the noise just injected
+        c = dit.conditioning(t, y) if c is None else c  # (R, D)
+        state_change = patch_embedding_change(dit, x, previous_x)  # (R, T, D): drift + the noise just injected
         u = torch.cat([last - previous, self.norm(last), state_change], dim=-1)  # (R, T, 3D)
         shift, scale, gate = self.adaLN_modulation(c).split([self.config.hidden, self.config.hidden, self.config.width], dim=1)
         hidden = nn.functional.gelu(modulate(self.fc1(u), shift, scale), approximate="tanh")  # (R, T, hidden)
@@ -78,8 +80,17 @@ class FreeDrafter(nn.Module):
         return self.predict_features(dit, history, x, previous_x, t, y)
 
     def propose(self, model: DiT, context: DraftContext) -> tuple[torch.Tensor, torch.Tensor]:
-        features = self.predict_features(model, context.features, context.x, context.previous_x, context.t, context.y)
-        return model.head(features, context.t, context.y), features
+        c = model.conditioning(context.t, context.y)  # once for the drafter and the DiT's head
+        features = self.predict_features(model, context.features, context.x, context.previous_x, context.t, context.y, c)
+        return model.head(features, context.t, context.y, c), features
+
+
+def patch_embedding_change(dit: DiT, x: torch.Tensor, previous_x: torch.Tensor) -> torch.Tensor:
+    """x_embedder(x) - x_embedder(previous_x) (R, T, D) as one bias-free convolution of the difference: the patch
+    embedding is affine, so this is the same change for half the work."""
+    proj = dit.x_embedder.proj
+    change = nn.functional.conv2d(x - previous_x, proj.weight, None, stride=proj.stride)  # (R, D, H/p, W/p)
+    return change.flatten(2).transpose(1, 2)
 
 
 def drafter_for(dit: DiT, history_length: int = 2, hidden: int | None = None) -> FreeDrafter:
