@@ -9,7 +9,9 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,3 +68,14 @@ def tree_for(name: str) -> Tree:
 
 
 TREE_NAMES = ["2024", "current"]
+
+
+def run_runner(tree: Tree, work: Path, only: str = "", timeout: int = 1200) -> dict:
+    """tests/comfyui/runner.py's report from `tree` (its log kept in work/runner.log); fails with the log's tail."""
+    out = work / "report.json"
+    command = [tree.python, str(COMFY_TESTS / "runner.py"), "--comfyui", str(tree.path), "--pack", str(REPO),
+               "--work", str(work), "--out", str(out)] + (["--only", only] if only else [])
+    run = subprocess.run(command, env=tree.env(), capture_output=True, text=True, timeout=timeout)
+    (work / "runner.log").write_text(run.stdout + run.stderr)
+    assert run.returncode == 0 and out.is_file(), f"runner failed ({tree.name}):\n{(run.stdout + run.stderr)[-6000:]}"
+    return json.loads(out.read_text())

@@ -4,13 +4,10 @@ One subprocess per tree runs tests/comfyui/runner.py, which converts each workfl
 format, validates and executes it with ComfyUI's own PromptExecutor, and reports every node's outputs.
 """
 
-import json
-import subprocess
-
 import pytest
 
 from comfyui.workflow_files import CLASS_FRACTION_FLOOR, IMAGE_STD_FLOOR, SEED_DIFF_FLOOR
-from comfyui_trees import COMFY_TESTS, REPO, TREE_NAMES, tree_for
+from comfyui_trees import TREE_NAMES, run_runner, tree_for
 
 IMAGE_SIDE = {"free_embedded": 128, "free_compare_baseline_strict_relax": 128, "free_dit_xl_2_256": 256, "free_dit_xl_2_512": 512}
 
@@ -18,14 +15,7 @@ IMAGE_SIDE = {"free_embedded": 128, "free_compare_baseline_strict_relax": 128, "
 @pytest.fixture(scope="module", params=TREE_NAMES)
 def report(request, tmp_path_factory):
     tree = tree_for(request.param)
-    work = tmp_path_factory.mktemp(f"comfyui_{tree.name}")
-    out = work / "report.json"
-    command = [tree.python, str(COMFY_TESTS / "runner.py"), "--comfyui", str(tree.path), "--pack", str(REPO),
-               "--work", str(work), "--out", str(out)]
-    run = subprocess.run(command, env=tree.env(), capture_output=True, text=True, timeout=1200)
-    (work / "runner.log").write_text(run.stdout + run.stderr)
-    assert run.returncode == 0 and out.is_file(), f"runner failed ({tree.name}):\n{(run.stdout + run.stderr)[-6000:]}"
-    data = json.loads(out.read_text())
+    data = run_runner(tree, tmp_path_factory.mktemp(f"comfyui_{tree.name}"))
     crashed = {name: s["crashed"] for name, s in data["scenarios"].items() if "crashed" in s}
     assert not crashed, f"runner scenarios crashed: {crashed}"
     return data

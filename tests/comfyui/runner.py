@@ -23,7 +23,9 @@ import traceback
 import uuid
 from pathlib import Path
 
-from workflow_files import embedded_weights_present, load_workflow, workflow_names  # this script's folder
+import tap_scenario  # this script's folder
+from tiny_comfy_models import FAMILIES, tiny_comfy_model
+from workflow_files import embedded_weights_present, load_workflow, workflow_names
 
 HERE = Path(__file__).resolve().parent
 
@@ -84,24 +86,8 @@ class TinyFlux:
     CATEGORY = "testing"
 
     def build(self):
-        import comfy.model_patcher
-        import comfy.supported_models
-        import torch
-
-        unet = {"image_model": "flux", "guidance_embed": True, "in_channels": 16, "out_channels": 16, "vec_in_dim": 16,
-                "context_in_dim": 32, "hidden_size": 64, "mlp_ratio": 2.0, "num_heads": 2, "depth": 1,
-                "depth_single_blocks": 1, "axes_dim": [8, 12, 12], "theta": 10000, "patch_size": 2, "qkv_bias": True}
-        config = comfy.supported_models.Flux(unet)
-        config.set_inference_dtype(torch.float32, None)
-        model = config.get_model({})
-        generator = torch.Generator().manual_seed(0)
-        for parameter in model.diffusion_model.parameters():  # ComfyUI's layers skip initialization
-            parameter.data = torch.randn(parameter.shape, generator=generator) * 0.05
-        cpu = torch.device("cpu")
-        patcher = comfy.model_patcher.ModelPatcher(model, load_device=cpu, offload_device=cpu)
-        cond = lambda: [[torch.randn(1, 4, 32, generator=generator), {"pooled_output": torch.randn(1, 16, generator=generator), "guidance": 3.5}]]  # noqa: E731
-        positive, negative = cond(), cond()
-        return (patcher, positive, negative, {"samples": torch.zeros(2, 16, 8, 8)})
+        patcher, positive, negative, latent = tiny_comfy_model(*FAMILIES["flux"])
+        return (patcher, positive, negative, {"samples": latent})
 
 
 class StatsLog(logging.Handler):
@@ -292,6 +278,7 @@ class Runner:
             "train_drafter": self.scenario_train_drafter,
             "errors": self.scenario_errors,
             "sampler_law": self.scenario_sampler_law,
+            "top_block_tap": lambda: tap_scenario.run(self),
         }
         report = {"tree": "current" if self.is_async else "2024", "substitutions": self.substitutions,
                   "embedded_present": self.embedded_present, "timings": self.timings, "scenarios": {}}

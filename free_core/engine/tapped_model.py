@@ -1,0 +1,146 @@
+"""A model tapped at its top block: what FREE needs from any DiT whose forward code it does not own.
+
+Every DiT ends in a per-token final layer (norm + adaLN + linear, no attention) after its last block.
+A forward pre-hook on that layer sees the top-block features (B, T, D) and the modulation the layer
+receives; a tail replay empties the model's block lists, feeds given (e.g. drafted) features to the
+final layer in their place, and lets the model's own code do the rest (cropping, unpatchify, the
+prediction-to-denoised step, guidance). One model evaluation may call the diffusion model several
+times (classifier-free guidance batches cond and uncond, or not): features are kept per call.
+
+The hooks and the emptied block lists live only inside `capturing` / `replaying`, and are removed in
+`finally` on every exit, an interrupt or an error included. This module knows no ComfyUI.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Iterator, Protocol, Sequence
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class TopBlockCall:
+    """The final layer's inputs in one call of the diffusion model."""
+
+    features: torch.Tensor  # (B, T, D) top-block token features
+    modulation: tuple[torch.Tensor, ...]  # the layer's other tensor inputs (its adaLN conditioning), in call order
+
+
+@dataclass(frozen=True)
+class TopBlockFeatures:
+    """Top-block features of one model evaluation: one entry per diffusion-model call, in call order."""
+
+    calls: tuple[TopBlockCall, ...]
+
+    def with_features(self, features: Sequence[torch.Tensor]) -> TopBlockFeatures:
+        """The same calls with their features replaced (each of the same shape), e.g. by drafted ones."""
+        if len(features) != len(self.calls):
+            raise ValueError(f"got features for {len(features)} calls, the tapped evaluation made {len(self.calls)}")
+        for index, (call, new) in enumerate(zip(self.calls, features)):
+            if new.shape != call.features.shape:
+                raise ValueError(f"call {index}: features of shape {tuple(new.shape)}, the tap saw {tuple(call.features.shape)}")
+        return TopBlockFeatures(tuple(replace(call, features=new) for call, new in zip(self.calls, features)))
+
+
+class TappedModel(Protocol):
+    """A guided denoiser `(x, sigma, **extra) -> denoised` that can also hand out and take its top-block features."""
+
+    def features(self, x: torch.Tensor, sigma: torch.Tensor, **extra: Any) -> tuple[torch.Tensor, TopBlockFeatures]:
+        """The model's own denoised output at (x, sigma), and the top-block features it computed on the way."""
+        ...
+
+    def replay(self, features: TopBlockFeatures, x: torch.Tensor, sigma: torch.Tensor, **extra: Any) -> torch.Tensor:
+        """The denoised output at (x, sigma) from the given top-block features: the final layer and tail only."""
+        ...
+
+
+class ModuleTap:
+    """A TappedModel from a guided denoiser callable, its final layer and the block lists a replay empties."""
+
+    def __init__(self, denoise: Callable[..., torch.Tensor], final_layer: nn.Module,
+                 block_lists: Sequence[tuple[nn.Module, str]]):
+        self.denoise, self.final_layer, self.block_lists = denoise, final_layer, list(block_lists)
+
+    def features(self, x: torch.Tensor, sigma: torch.Tensor, **extra: Any) -> tuple[torch.Tensor, TopBlockFeatures]:
+        """The model's own denoised output at (x, sigma), and the top-block features it computed on the way."""
+        with capturing(self.final_layer) as calls:
+            denoised = self.denoise(x, sigma, **extra)
+        return denoised, TopBlockFeatures(tuple(calls))
+
+    def replay(self, features: TopBlockFeatures, x: torch.Tensor, sigma: torch.Tensor, **extra: Any) -> torch.Tensor:
+        """The denoised output at (x, sigma) from the given top-block features: the final layer and tail only."""
+        with replaying(self.final_layer, self.block_lists, features) as made:
+            denoised = self.denoise(x, sigma, **extra)
+        check_replayed(made, features)
+        return denoised
+
+
+@contextmanager
+def capturing(final_layer: nn.Module) -> Iterator[list[TopBlockCall]]:
+    """Record the final layer's inputs while the block runs; the list fills as the model is called."""
+    calls: list[TopBlockCall] = []
+
+    def record(module: nn.Module, args: tuple, kwargs: dict) -> None:
+        features, modulation = _split_inputs(module, args, kwargs)
+        calls.append(TopBlockCall(features.detach(), modulation))
+
+    handle = final_layer.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        yield calls
+    finally:
+        handle.remove()
+
+
+@contextmanager
+def replaying(final_layer: nn.Module, block_lists: Sequence[tuple[nn.Module, str]], features: TopBlockFeatures
+              ) -> Iterator[list[int]]:
+    """Run the model without its blocks, the final layer fed `features` call by call; yields the calls made so far.
+
+    The caller checks, after the evaluation, that it made as many calls as `features` holds (`check_replayed`).
+    """
+    made: list[int] = []
+
+    def substitute(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        index = len(made)
+        if index >= len(features.calls):
+            raise RuntimeError(f"the replayed evaluation called the model more than the {len(features.calls)} times it was tapped")
+        given = features.calls[index].features
+        seen = args[0] if args else next(iter(kwargs.values()))
+        if seen.shape != given.shape:
+            raise RuntimeError(f"replay call {index}: the model's final layer takes {tuple(seen.shape)}, "
+                               f"the features are {tuple(given.shape)}; replay on the batch and conditioning that were tapped")
+        made.append(index)
+        given = given.to(device=seen.device, dtype=seen.dtype)
+        if args:
+            return (given, *args[1:]), kwargs
+        first = next(iter(kwargs))
+        return args, {**kwargs, first: given}
+
+    originals = [(owner, name, getattr(owner, name)) for owner, name in block_lists]
+    handle = final_layer.register_forward_pre_hook(substitute, with_kwargs=True)
+    try:
+        for owner, name, _ in originals:
+            setattr(owner, name, nn.ModuleList())
+        yield made
+    finally:
+        handle.remove()
+        for owner, name, blocks in originals:
+            setattr(owner, name, blocks)
+
+
+def check_replayed(made: list[int], features: TopBlockFeatures) -> None:
+    """Refuse a replay whose evaluation used fewer calls than were tapped (a different batch or conditioning)."""
+    if len(made) != len(features.calls):
+        raise RuntimeError(f"the replayed evaluation called the model {len(made)} times, it was tapped over "
+                           f"{len(features.calls)}; replay on the batch and conditioning that were tapped")
+
+
+def _split_inputs(module: nn.Module, args: tuple, kwargs: dict) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """(token features, the other tensor inputs) of a final-layer call, positional or keyword."""
+    inputs = list(args) + list(kwargs.values())
+    if not inputs or not isinstance(inputs[0], torch.Tensor) or inputs[0].dim() != 3:
+        raise RuntimeError(f"{type(module).__name__} did not get (B, T, D) token features as its first input")
+    return inputs[0], tuple(value.detach() for value in inputs[1:] if isinstance(value, torch.Tensor))

@@ -1,0 +1,103 @@
+"""The top-block tap on the free_core DiT itself (no ComfyUI): capture, tail replay, and nothing left behind."""
+
+import pytest
+import torch
+
+from free_core.engine.tapped_model import ModuleTap, TopBlockFeatures
+from free_core.models.dit import DiT, DiTConfig
+
+
+def _dit() -> DiT:
+    torch.manual_seed(0)
+    dit = DiT(DiTConfig(input_size=8, patch_size=2, in_channels=4, hidden_size=32, depth=2, num_heads=2, num_classes=10))
+    for parameter in dit.parameters():  # DiT zero-initialises its final layer: random weights make it matter
+        parameter.data = torch.randn_like(parameter) * 0.1
+    return dit.eval()
+
+
+def _guided(dit: DiT, cfg: float = 2.0):
+    """A guided denoiser over rows (cond, uncond) in one call, like ComfyUI's batched CFG."""
+
+    def denoise(x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        rows = dit(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, torch.full_like(y, dit.null_class)]))
+        cond, uncond = rows[:, :4].chunk(2)
+        return uncond + cfg * (cond - uncond)
+
+    return denoise
+
+
+def _inputs(batch: int = 3):
+    generator = torch.Generator().manual_seed(1)
+    return torch.randn(batch, 4, 8, 8, generator=generator), torch.tensor([900.0, 500.0, 10.0][:batch]), torch.tensor([1, 2, 3][:batch])
+
+
+def _tap(dit: DiT, cfg: float = 2.0) -> ModuleTap:
+    return ModuleTap(_guided(dit, cfg), dit.final_layer, [(dit, "blocks")])
+
+
+def _left_behind(dit: DiT, blocks) -> list:
+    return [*dit.final_layer._forward_pre_hooks.values(), *([] if dit.blocks is blocks else ["block list"])]
+
+
+@torch.no_grad()
+def test_tapped_features_are_the_top_block_features_and_their_modulation():
+    dit, (x, t, y) = _dit(), _inputs()
+    denoised, tapped = _tap(dit).features(x, t, y=y)
+    assert torch.equal(denoised, _guided(dit)(x, t, y))
+    (call,) = tapped.calls
+    rows = (torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, torch.full_like(y, dit.null_class)]))
+    assert torch.equal(call.features, dit.features(*rows))
+    assert len(call.modulation) == 1 and torch.equal(call.modulation[0], dit.conditioning(*rows[1:]))
+
+
+@torch.no_grad()
+def test_tail_replay_on_tapped_features_is_the_model_output_bit_for_bit_without_running_a_block():
+    dit, (x, t, y) = _dit(), _inputs()
+    tap, blocks = _tap(dit), dit.blocks
+    reference = _guided(dit)(x, t, y)
+    _, tapped = tap.features(x, t, y=y)
+    block_calls = []
+    hook = dit.blocks[0].register_forward_hook(lambda *_: block_calls.append(1))
+    try:
+        replayed = tap.replay(tapped, x, t, y=y)
+    finally:
+        hook.remove()
+    assert torch.equal(replayed, reference) and block_calls == []
+    assert _left_behind(dit, blocks) == []
+    moved = tap.replay(tapped.with_features([tapped.calls[0].features * 1.01]), x, t, y=y)
+    assert not torch.allclose(moved, reference)  # the replay uses the given features, not the blocks'
+
+
+@torch.no_grad()
+def test_an_error_inside_the_tap_or_the_replay_leaves_no_hook_and_the_blocks_in_place():
+    dit, (x, t, y) = _dit(), _inputs()
+    tap, blocks = _tap(dit), dit.blocks
+    _, tapped = tap.features(x, t, y=y)
+
+    def interrupt(*_):
+        raise KeyboardInterrupt
+
+    hook = dit.final_layer.register_forward_hook(interrupt)
+    for run in (lambda: tap.features(x, t, y=y), lambda: tap.replay(tapped, x, t, y=y)):
+        with pytest.raises(KeyboardInterrupt):
+            run()
+        assert _left_behind(dit, blocks) == []
+    hook.remove()
+    with pytest.raises(RuntimeError, match="called the model 0 times, it was tapped over 1"):
+        ModuleTap(lambda *_, **__: x, dit.final_layer, [(dit, "blocks")]).replay(tapped, x, t, y=y)
+    assert _left_behind(dit, blocks) == []
+
+
+@torch.no_grad()
+def test_replay_on_another_batch_or_feature_shape_is_refused_naming_both_shapes():
+    dit, (x, t, y) = _dit(), _inputs()
+    tap = _tap(dit)
+    _, tapped = tap.features(x, t, y=y)
+    with pytest.raises(RuntimeError, match=r"takes \(4, 16, 32\), the features are \(6, 16, 32\)"):
+        x2, t2, y2 = _inputs(batch=2)
+        tap.replay(tapped, x2, t2, y=y2)
+    with pytest.raises(ValueError, match=r"features of shape \(6, 16, 31\), the tap saw \(6, 16, 32\)"):
+        tapped.with_features([torch.zeros(6, 16, 31)])
+    with pytest.raises(ValueError, match="features for 2 calls, the tapped evaluation made 1"):
+        tapped.with_features([tapped.calls[0].features] * 2)
+    assert isinstance(tapped, TopBlockFeatures)

@@ -1,0 +1,60 @@
+"""The generic top-block tap (nodes/tap.py) in real ComfyUI trees: tap identity per model family.
+
+One runner subprocess per tree runs the top_block_tap scenario (tests/comfyui/tap_scenario.py): tiny random
+models built from ComfyUI's own classes (current tree) and the FREE DiT as a plain MODEL (both trees), probed
+inside comfy.sample.sample_custom at CFG 2 on a batch of 2.
+"""
+
+import pytest
+
+from comfyui_trees import TREE_NAMES, run_runner, tree_for
+
+CURRENT_FAMILIES = ["flux", "sd3", "wan", "qwen"]  # tiny models from ComfyUI's own classes (tests/comfyui/tiny_comfy_models.py)
+
+
+@pytest.fixture(scope="module", params=TREE_NAMES)
+def tapped(request, tmp_path_factory):
+    tree = tree_for(request.param)
+    report = run_runner(tree, tmp_path_factory.mktemp(f"tap_{tree.name}"), only="top_block_tap", timeout=600)
+    scenario = report["scenarios"]["top_block_tap"]
+    assert "crashed" not in scenario, scenario.get("crashed")
+    return report["tree"], scenario
+
+
+def _families(tree: str) -> list[str]:
+    return ["free_dit"] + (CURRENT_FAMILIES if tree == "current" else [])
+
+
+def _assert_tap_identity(result: dict, family: str) -> None:
+    assert "crashed" not in result, f"{family}:\n{result.get('crashed')}"
+    assert result["batch"] == 2 and result["calls"] >= 1
+    assert sum(shape[0] for shape in result["feature_shapes"]) == 2 * result["batch"]  # cond and uncond rows (CFG 2)
+    assert all(len(shape) == 3 for shape in result["feature_shapes"])  # (B, T, D)
+    assert result["tap_equals_model"], f"{family}: the tapped evaluation changed the model's output"
+    assert result["replay_equals_model"], f"{family}: tail replay differs from the model by {result['replay_max_abs_diff']}"
+    assert result["block_count"] > 0 and result["replay_block_calls"] == 0, f"{family}: the replay ran blocks"
+    assert result["moved_features_move_output"], f"{family}: the replay ignores the features it is given"
+    assert result["left_behind_after_run"] == [], f"{family}: {result['left_behind_after_run']} left after a run"
+    assert result["left_behind_after_interrupt"] == {"features": [], "replay": []}, (
+        f"{family}: {result['left_behind_after_interrupt']} left after an interrupt")
+
+
+def test_free_dit_tail_replay_is_the_model_output_bit_for_bit_and_leaves_nothing_behind(tapped):
+    _, scenario = tapped
+    _assert_tap_identity(scenario["free_dit"], "free_dit")
+
+
+@pytest.mark.parametrize("family", CURRENT_FAMILIES)
+def test_comfyui_family_tail_replay_is_the_model_output_bit_for_bit_and_leaves_nothing_behind(tapped, family):
+    tree, scenario = tapped
+    if tree != "current":
+        pytest.skip(f"{family} is not in the {tree} ComfyUI")
+    _assert_tap_identity(scenario[family], family)
+
+
+def test_an_unsupported_model_is_refused_naming_it_and_the_families_the_tap_knows(tapped):
+    _, scenario = tapped
+    message = scenario["unsupported_message"]
+    assert message.startswith("FREE cannot tap the top block of torch.nn.modules.linear.Linear")
+    assert "Flux" in message and "Wan" in message and "frozen drafts" in message
+    assert sorted(f for f in scenario if f != "unsupported_message") == sorted(_families(tree=tapped[0]))
