@@ -20,6 +20,7 @@ import shutil
 import time
 from collections import Counter
 from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +36,8 @@ from .options import OptionError, SamplerOptions
 
 SUMMED_COUNTS = ("rounds", "sequential_dit_calls", "dit_states", "dit_rows", "drafter_calls")
 SETTINGS_FILE = "settings.json"
+# A rank whose batches were all on disk (a resumed run) waits at the end for the slowest one: hours, not nccl's minutes.
+RANK_WAIT = timedelta(days=1)
 
 
 def batch_ranges(num_samples: int, batch: int) -> list[range]:
@@ -180,7 +183,7 @@ def command_sample_ddp(args: argparse.Namespace) -> int:
     check_dit_spec(args.model)
     check_drafter_spec(drafter_spec)
 
-    ctx = setup_distributed(args.device)
+    ctx = setup_distributed(args.device, timeout=RANK_WAIT)
     try:
         return _sample_and_assemble(args, options, requested_labels, drafter_spec, out, ctx)
     except BaseException:  # leave no process group behind; the other ranks fail on their own (or torchrun ends them)
