@@ -208,9 +208,11 @@ def _sample_and_assemble(args: argparse.Namespace, options: SamplerOptions, requ
     check_settings(parts, settings, out)
     if ctx.is_main:
         parts.mkdir(parents=True, exist_ok=True)
-        (parts / SETTINGS_FILE).write_text(json.dumps(settings, indent=2))
         for stale in parts.glob("*.partial"):  # a killed run's unfinished writes
             stale.unlink()
+        written = parts / f"{SETTINGS_FILE}.partial"  # renamed into place: another rank may be reading it now
+        written.write_text(json.dumps(settings, indent=2))
+        os.replace(written, parts / SETTINGS_FILE)
     if ctx.enabled:
         dist.barrier()
 
