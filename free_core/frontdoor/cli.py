@@ -87,7 +87,7 @@ def labels_for(labels: list[int] | None, batch: int, num_classes: int) -> torch.
     if bad:
         raise OptionError(f"--labels {','.join(map(str, labels))}: {bad} out of range, this model has classes "
                           f"0..{num_classes - 1}")
-    return torch.tensor((labels * batch)[:batch])
+    return torch.tensor(labels)[torch.arange(batch) % len(labels)]
 
 
 def check_device(device: str) -> str:
@@ -373,6 +373,10 @@ def build_parser() -> argparse.ArgumentParser:
     classifier.add_argument("--steps", type=int, default=600)
     classifier.add_argument("--seed", type=int, default=0)
     classifier.set_defaults(handler=command_train_classifier)
+
+    from .sample_ddp import add_sample_ddp_parser
+
+    add_sample_ddp_parser(sub, sample, HelpFormatter)
     return parser
 
 

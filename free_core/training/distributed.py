@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -24,8 +25,9 @@ class DistributedContext:
         return self.world_size > 1
 
 
-def setup_distributed(device: str | None = None) -> DistributedContext:
-    """Join the torchrun process group when RANK/WORLD_SIZE are set, else run alone."""
+def setup_distributed(device: str | None = None, timeout: timedelta | None = None) -> DistributedContext:
+    """Join the torchrun process group when RANK/WORLD_SIZE are set, else run alone; `timeout`: how long a
+    collective may wait for the slowest rank (None: torch's default)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     if device is None:
@@ -37,7 +39,7 @@ def setup_distributed(device: str | None = None) -> DistributedContext:
             target = torch.device("cuda", local_rank)
             torch.cuda.set_device(target)
         if not dist.is_initialized():
-            dist.init_process_group(backend="nccl" if target.type == "cuda" else "gloo")
+            dist.init_process_group(backend="nccl" if target.type == "cuda" else "gloo", timeout=timeout)
     return DistributedContext(rank=rank, world_size=world_size, device=target)
 
 
