@@ -40,6 +40,7 @@ def test_quick_cpu_run_writes_a_labelled_report_and_copies_it_to_OUT(tmp_path):
     assert "| steps | batch | sampler | drafter | K | relax | sequential calls | acceptance | wall s | measured speedup | cost model |" in report
     assert [m["model"] for m in results["large"]["fp32"]] == ["DiT-Micro/8 256px", "DiT-Micro/8 512px"]
     assert all(m["projection"] and m["batch_cost_curve"] for m in results["large"]["fp32"])
+    assert report.count("Cost-model limit at batch 1 (every draft accepted") == 3  # the embedded model and both large ones
 
     # Every projected figure sits in a table under a heading that says PROJECTION; none in a measured table.
     heading = ""

@@ -41,6 +41,7 @@ from .projection import projected_speedup
 REPORT_NAME = "benchmarks-gpu"
 COMMAND = "bash tools/device_check.sh"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+LIMIT_DRAFT_LENGTHS = (2, 4, 6, 8)
 # The tests whose code paths differ on a GPU: CUDA generators, float64 on the device, the coupling and the rounds.
 DEVICE_TESTS = ("tests/test_exact_law.py", "tests/test_coupling.py", "tests/test_samplers.py")
 # Headline speedups quoted in issue 11 from the FREE paper (arXiv 2511.20390); printed beside projections, never measured here.
@@ -61,7 +62,8 @@ class DeviceCheckConfig:
     large_models: tuple[tuple[str, int], ...] = (("DiT-XL/2", 32), ("DiT-XL/2", 64))  # (config, latent size): 256, 512 px
     large_rows: tuple[int, ...] = (2, 4, 6, 8, 12, 16, 24, 32)
     test_args: tuple[str, ...] = DEVICE_TESTS
-    budgets_s: dict[str, float] = field(default_factory=lambda: {"tests": 200.0, "embedded": 130.0, "large": 90.0})
+    # Sized for < 8 minutes on one H100 with the overshoot of one unit per section (a unit is not interrupted).
+    budgets_s: dict[str, float] = field(default_factory=lambda: {"tests": 170.0, "embedded": 120.0, "large": 110.0})
 
 
 def quick_config(out_dir: str, device: str = "cpu") -> DeviceCheckConfig:
@@ -78,6 +80,14 @@ def dtype_support() -> str | None:
         return None
     return ("resolve_dit has no dtype= argument in this checkout (the bf16 support of branch `dtype` is not merged), "
             "so a bf16 DiT with float32 states cannot be built")
+
+
+def cost_model_limit(curve: dict[int, float], branches: int, draft_cost_s: float,
+                     lengths: tuple[int, ...] = LIMIT_DRAFT_LENGTHS) -> dict[str, float]:
+    """The speedup at batch 1 if every draft were accepted: K + 1 plain steps against one round verifying K + 1 states
+    plus K drafting passes, from a measured curve: the most any acceptance can buy on this device."""
+    one_state = interpolate_cost(curve, branches)
+    return {str(k): (k + 1) * one_state / (interpolate_cost(curve, (k + 1) * branches) + k * draft_cost_s) for k in lengths}
 
 
 def device_name(device: torch.device) -> str:
@@ -145,6 +155,7 @@ def run_embedded(config: DeviceCheckConfig, dtype: torch.dtype, deadline: Deadli
     for batch in config.batches:
         states = torch.zeros(batch, *x.shape[1:], device=device)
         result["draft_cost_s"][str(batch)] = cached_draft_cost(denoiser, drafters["learned"], states, labels.expand(batch))
+    result["cost_model_limit"] = cost_model_limit(curve, denoiser.branches, result["draft_cost_s"][str(min(config.batches))])
     for row in result["speed"]:
         if row["drafter"] == "learned":
             one_state = interpolate_cost(curve, row["batch"] * denoiser.branches)
@@ -196,6 +207,7 @@ def run_large(config: DeviceCheckConfig, dtype: torch.dtype, embedded_speed: lis
         curve = {int(r): s for r, s in entry["batch_cost_curve"].items()}
         if curve and not deadline.expired():
             entry["draft_cost_s"] = cached_draft_cost(denoiser, drafter_for(model), x, labels)
+            entry["cost_model_limit"] = cost_model_limit(curve, denoiser.branches, entry["draft_cost_s"])
             ratio = entry["draft_cost_s"] / interpolate_cost(curve, denoiser.branches)
             entry["projection"] = [
                 {"steps": r["steps"], "batch": r["batch"], "sampler": r["sampler"], "draft_length": r["draft_length"],
@@ -296,10 +308,18 @@ def embedded_lines(dtype: str, embedded: dict, repeats: int) -> list[str]:
         model = f"{r['cost_model_speedup']:.2f}x" if "cost_model_speedup" in r else "-"
         lines.append(f"| {r['steps']} | {r['batch']} | {r['sampler']} | {r['drafter']} | {r['draft_length']} | {r['relax_strength']:g} | "
                      f"{r['sequential_dit_calls']} | {r['acceptance']:.3f} | {r['wall_time_s']:.3f} | {r['wall_clock_speedup']:.2f}x | {model} |")
-    lines += [""] + [f"{note}." for note in embedded["notes"]]
+    lines += [""] + [f"{note}." for note in embedded["notes"]] + limit_lines(embedded)
     draft = ", ".join(f"batch {b}: {s * 1e3:.2f} ms" for b, s in embedded["draft_cost_s"].items())
     lines += ["", f"Embedded batch-cost curve ({dtype}, one DiT forward); drafting pass {draft or 'not measured'}:", ""]
     return lines + curve_lines(embedded["batch_cost_curve"])
+
+
+def limit_lines(entry: dict) -> list[str]:
+    if "cost_model_limit" not in entry:
+        return []
+    limits = ", ".join(f"K={k}: {v:.2f}x" for k, v in entry["cost_model_limit"].items())
+    return ["", f"Cost-model limit at batch 1 (every draft accepted; computed from this run's curve and drafting pass, "
+                f"not measured): {limits}.", ""]
 
 
 def curve_lines(curve: dict[str, float]) -> list[str]:
@@ -316,7 +336,7 @@ def large_lines(dtype: str, models: list[dict]) -> list[str]:
         if "parameters" in m:
             draft = f"{m['draft_cost_s'] * 1e3:.2f} ms" if "draft_cost_s" in m else "not measured"
             lines += [f"{m['parameters'] / 1e6:.0f}M parameters; one drafting pass (fresh drafter, batch 1, CFG rows): {draft}.", ""]
-            lines += curve_lines(m["batch_cost_curve"])
+            lines += curve_lines(m["batch_cost_curve"]) + limit_lines(m)
         if "note" in m:
             lines += [f"{m['note']}.", ""]
         if m.get("projection"):
