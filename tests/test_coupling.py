@@ -8,18 +8,19 @@ import torch
 from scipy import stats as scipy_stats
 
 from free_core.engine.coupling import ResidualSamplingError, acceptance_probability_equal_std, maximal_coupling
+from toy_models import TEST_DEVICE
 
 KS_ALPHA = 1e-3  # fixed seeds: each check is one deterministic draw; a wrong law fails by orders of magnitude
 
 
 def _equal_std_case(delta: float, dim: int, n: int, seed: int, dtype=torch.float64):
-    g = torch.Generator().manual_seed(seed)
-    std = 0.5 + torch.rand(dim, generator=g, dtype=dtype)  # diagonal, same for p and q
-    direction = torch.randn(dim, generator=g, dtype=dtype)
+    g, on = torch.Generator(TEST_DEVICE).manual_seed(seed), {"dtype": dtype, "device": TEST_DEVICE}
+    std = 0.5 + torch.rand(dim, generator=g, **on)  # diagonal, same for p and q
+    direction = torch.randn(dim, generator=g, **on)
     direction /= direction.norm()
-    mean_p = torch.randn(dim, generator=g, dtype=dtype)
+    mean_p = torch.randn(dim, generator=g, **on)
     mean_q = mean_p + delta * std * direction  # whitened distance exactly delta
-    x = mean_p + std * torch.randn(n, dim, generator=g, dtype=dtype)
+    x = mean_p + std * torch.randn(n, dim, generator=g, **on)
     return x, mean_p, std, mean_q, direction, g
 
 
@@ -28,11 +29,11 @@ def _whitened_projections(y, mean_q, std, direction, g):
     white = (y - mean_q) / std
     along = white @ direction
     if direction.numel() == 1:
-        return along, None
-    other = torch.randn(direction.numel(), generator=g, dtype=direction.dtype)
+        return along.cpu(), None
+    other = torch.randn(direction.numel(), generator=g, dtype=direction.dtype, device=direction.device)
     other -= (other @ direction) * direction
     other /= other.norm()
-    return along, white @ other
+    return along.cpu(), (white @ other).cpu()
 
 
 @pytest.mark.parametrize("dim", [1, 64, 4096])
@@ -72,11 +73,12 @@ def _tv_1d(mean_p, std_p, mean_q, std_q):
 )
 def test_unequal_std_coupling_has_target_law_and_acceptance_one_minus_tv(mean_q, std_q):
     n = 20_000
-    g = torch.Generator().manual_seed(int(100 * std_q))
+    g, on = torch.Generator(TEST_DEVICE).manual_seed(int(100 * std_q)), {"dtype": torch.float64, "device": TEST_DEVICE}
     mean_p, std_p = 0.0, 1.0
-    x = mean_p + std_p * torch.randn(n, 1, generator=g, dtype=torch.float64)
-    y, accepted = maximal_coupling(x, torch.tensor(mean_p), torch.tensor(std_p), torch.tensor(mean_q), torch.tensor(std_q), generator=g)
-    assert scipy_stats.kstest(y[:, 0].numpy(), "norm", args=(mean_q, std_q)).pvalue > KS_ALPHA
+    x = mean_p + std_p * torch.randn(n, 1, generator=g, **on)
+    y, accepted = maximal_coupling(x, torch.tensor(mean_p, **on), torch.tensor(std_p, **on), torch.tensor(mean_q, **on),
+                                   torch.tensor(std_q, **on), generator=g)
+    assert scipy_stats.kstest(y[:, 0].cpu().numpy(), "norm", args=(mean_q, std_q)).pvalue > KS_ALPHA
     expected = 1 - _tv_1d(mean_p, std_p, mean_q, std_q)
     standard_error = math.sqrt(expected * (1 - expected) / n)
     assert abs(accepted.double().mean().item() - expected) <= 4 * standard_error + 0.5 / n
@@ -85,15 +87,15 @@ def test_unequal_std_coupling_has_target_law_and_acceptance_one_minus_tv(mean_q,
 
 def test_unequal_std_coupling_in_64_dims_has_target_marginals():
     n, dim = 10_000, 64
-    g = torch.Generator().manual_seed(3)
-    mean_p, std_p = torch.zeros(dim, dtype=torch.float64), torch.ones(dim, dtype=torch.float64)
-    mean_q = 0.05 * torch.randn(dim, generator=g, dtype=torch.float64)
-    std_q = 1 + 0.03 * torch.randn(dim, generator=g, dtype=torch.float64)
-    x = mean_p + std_p * torch.randn(n, dim, generator=g, dtype=torch.float64)
+    g, on = torch.Generator(TEST_DEVICE).manual_seed(3), {"dtype": torch.float64, "device": TEST_DEVICE}
+    mean_p, std_p = torch.zeros(dim, **on), torch.ones(dim, **on)
+    mean_q = 0.05 * torch.randn(dim, generator=g, **on)
+    std_q = 1 + 0.03 * torch.randn(dim, generator=g, **on)
+    x = mean_p + std_p * torch.randn(n, dim, generator=g, **on)
     y, accepted = maximal_coupling(x, mean_p, std_p, mean_q, std_q, generator=g)
     assert 0.2 < accepted.double().mean() < 0.95  # both branches exercised
     for coordinate in (0, 17, 63):
-        column = y[:, coordinate].numpy()
+        column = y[:, coordinate].cpu().numpy()
         assert scipy_stats.kstest(column, "norm", args=(mean_q[coordinate].item(), std_q[coordinate].item())).pvalue > KS_ALPHA
 
 
@@ -127,8 +129,8 @@ def test_point_masses_couple_exactly():
 
 def test_coupling_is_deterministic_given_the_generator():
     x, mean_p, std, mean_q, _, _ = _equal_std_case(1.0, 16, 500, seed=1)
-    first = maximal_coupling(x, mean_p, std, mean_q, std * 1.1, generator=torch.Generator().manual_seed(5))
-    second = maximal_coupling(x, mean_p, std, mean_q, std * 1.1, generator=torch.Generator().manual_seed(5))
+    first = maximal_coupling(x, mean_p, std, mean_q, std * 1.1, generator=torch.Generator(TEST_DEVICE).manual_seed(5))
+    second = maximal_coupling(x, mean_p, std, mean_q, std * 1.1, generator=torch.Generator(TEST_DEVICE).manual_seed(5))
     assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
 
 
@@ -158,8 +160,8 @@ def test_coupling_rejects_bad_input_naming_the_argument(kwargs, name):
 
 def test_temperature_raises_acceptance_and_one_is_strict():
     x, mean_p, std, mean_q, _, _ = _equal_std_case(2.0, 64, 5_000, seed=2)
-    strict = maximal_coupling(x, mean_p, std, mean_q, std, generator=torch.Generator().manual_seed(1))
-    same = maximal_coupling(x, mean_p, std, mean_q, std, generator=torch.Generator().manual_seed(1), temperature=1.0)
-    relaxed = maximal_coupling(x, mean_p, std, mean_q, std, generator=torch.Generator().manual_seed(1), temperature=3.0)
+    strict = maximal_coupling(x, mean_p, std, mean_q, std, generator=torch.Generator(TEST_DEVICE).manual_seed(1))
+    same = maximal_coupling(x, mean_p, std, mean_q, std, generator=torch.Generator(TEST_DEVICE).manual_seed(1), temperature=1.0)
+    relaxed = maximal_coupling(x, mean_p, std, mean_q, std, generator=torch.Generator(TEST_DEVICE).manual_seed(1), temperature=3.0)
     assert torch.equal(strict[0], same[0]) and torch.equal(strict[1], same[1])
     assert relaxed[1].double().mean() > strict[1].double().mean() + 0.1

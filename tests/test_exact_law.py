@@ -25,8 +25,8 @@ from free_core.engine.drafter_interface import FrozenDrafter
 from free_core.engine.k_diffusion_sampler import AncestralStep, sample_free_euler_ancestral
 from free_core.engine.speculative import sample_speculative
 from free_core.engine.batch_conditioning import boundary_groups
-from toy_models import (FirstRowSwitch, FlowGaussianDenoiser, LinearGaussianDenoiser, MixtureSigmaDenoiser, PerturbedDrafter,
-                        flow_sigmas, karras_sigmas)
+from toy_models import (TEST_DEVICE, FirstRowSwitch, FlowGaussianDenoiser, LinearGaussianDenoiser, MixtureSigmaDenoiser,
+                        PerturbedDrafter, flow_sigmas, karras_sigmas)
 
 N = 100_000
 ALPHA = 1e-3  # per p-value; every run is seeded, so a pass or fail is reproducible
@@ -66,18 +66,20 @@ def _drafter(denoiser: GuidedDenoiser, variance_shift: float) -> PerturbedDrafte
 
 def _run_ddpm(steps: int, learn_sigma: bool, seed: int = 1):
     denoiser = _ddpm(steps, learn_sigma)
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(N, DATA_MEAN.numel(), 1, 1, generator=g, dtype=torch.float64)
+    g = torch.Generator(TEST_DEVICE).manual_seed(seed)
+    x = torch.randn(N, DATA_MEAN.numel(), 1, 1, generator=g, dtype=torch.float64, device=TEST_DEVICE)
     drafter = _drafter(denoiser, variance_shift=0.3 if learn_sigma else 0.0)
-    samples, stats = sample_speculative(denoiser, drafter, x, torch.zeros(N, dtype=torch.long), g, draft_length=K)
-    return samples, stats, _ddpm_law(denoiser)
+    labels = torch.zeros(N, dtype=torch.long, device=TEST_DEVICE)
+    samples, stats = sample_speculative(denoiser, drafter, x, labels, g, draft_length=K)
+    return samples.cpu(), stats, _ddpm_law(denoiser)
 
 
 SIGMA_DIM = 2
 
 
 def _run_sigma_space(model, sigmas: torch.Tensor, step: AncestralStep, seed: int = 1, row_groups=None):
-    x = torch.randn(N, SIGMA_DIM, 1, 1, generator=torch.Generator().manual_seed(seed + 1000), dtype=torch.float64) * sigmas[0]
+    g = torch.Generator(TEST_DEVICE).manual_seed(seed + 1000)
+    x = torch.randn(N, SIGMA_DIM, 1, 1, generator=g, dtype=torch.float64, device=TEST_DEVICE) * sigmas[0]
     sink = []
     samples = sample_free_euler_ancestral(model, x, sigmas, extra_args={"seed": seed}, stats_sink=sink, step=step, draft_length=K,
                                           row_groups=row_groups)
@@ -87,7 +89,7 @@ def _run_sigma_space(model, sigmas: torch.Tensor, step: AncestralStep, seed: int
 
     like = torch.zeros(1, SIGMA_DIM, 1, 1, dtype=torch.float64)
     law = linear_gaussian_law([transition_at(i) for i in range(len(sigmas) - 1)], like, initial_std=float(sigmas[0]))
-    return samples, sink[0], law
+    return samples.cpu(), sink[0], law
 
 
 def _run_variance_exploding(steps: int, sigma_min: float):
@@ -143,11 +145,11 @@ def test_strict_sampler_has_the_exact_law(case):
 
 
 def _always_accept(x_draft, *args, **kwargs):
-    return torch.ones(x_draft.shape[0], dtype=torch.bool)
+    return torch.ones(x_draft.shape[0], dtype=torch.bool, device=x_draft.device)
 
 
 def _fresh_draw_on_rejection(x_draft, mean_p, std_p, mean_q, std_q, generator=None, **kwargs):
-    return mean_q + std_q * torch.randn(x_draft.shape, generator=generator, dtype=x_draft.dtype)
+    return mean_q + std_q * torch.randn(x_draft.shape, generator=generator, dtype=x_draft.dtype, device=x_draft.device)
 
 
 WRONG_COUPLINGS = {"always-accept": ("coupling_decisions", _always_accept),

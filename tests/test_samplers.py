@@ -9,6 +9,7 @@ from free_core.models.dit import DiT, dit_config
 from free_core.engine.drafter_interface import FrozenDrafter
 from free_core.engine.sampling import initial_noise, sample_ancestral
 from free_core.engine.speculative import sample_speculative
+from toy_models import TEST_DEVICE
 
 
 @pytest.fixture(scope="module")
@@ -17,12 +18,12 @@ def denoiser():
     model = DiT(dit_config("DiT-Micro/8")).eval()
     for p in model.parameters():
         torch.nn.init.normal_(p, std=0.05)
-    return GuidedDenoiser(model, GaussianDiffusion.respaced(25), cfg_scale=2.0)
+    return GuidedDenoiser(model.to(TEST_DEVICE), GaussianDiffusion.respaced(25), cfg_scale=2.0)
 
 
 def _inputs(seed=0, batch=3):
-    g = torch.Generator().manual_seed(seed)
-    return initial_noise((batch, 3, 32, 32), g), torch.tensor([0, 4, 9])[:batch], g
+    g = torch.Generator(TEST_DEVICE).manual_seed(seed)
+    return initial_noise((batch, 3, 32, 32), g, TEST_DEVICE), torch.tensor([0, 4, 9], device=TEST_DEVICE)[:batch], g
 
 
 @pytest.mark.parametrize("mode", ["baseline", "strict", "relax"])
@@ -38,7 +39,7 @@ def test_same_seed_same_bits(denoiser, mode):
         outputs.append(out)
     assert torch.equal(outputs[0], outputs[1])
     x, labels, _ = _inputs()
-    other, _ = sample_ancestral(denoiser, x, labels, torch.Generator().manual_seed(99))
+    other, _ = sample_ancestral(denoiser, x, labels, torch.Generator(TEST_DEVICE).manual_seed(99))
     assert not torch.equal(outputs[0], other)
 
 
@@ -69,7 +70,7 @@ def test_bad_tensors_name_the_argument(denoiser):
     with pytest.raises(ValueError, match="labels"):
         sample_ancestral(denoiser, x, labels[:2], g)
     with pytest.raises(ValueError, match="labels"):
-        sample_ancestral(denoiser, x, torch.tensor([0, 1, 11]), g)
+        sample_ancestral(denoiser, x, torch.tensor([0, 1, 11], device=TEST_DEVICE), g)
     with pytest.raises(ValueError, match="x must be"):
         sample_speculative(denoiser, FrozenDrafter(), x[:, :2], labels, g)
     with pytest.raises(ValueError, match="cfg_scale"):
@@ -81,10 +82,10 @@ def test_nan_model_output_is_a_clear_error(denoiser):
         in_channels, learn_sigma, null_class = 3, True, 10
 
         def features(self, x, t, y):
-            return torch.full((x.shape[0], 4, 8), float("nan"))
+            return torch.full((x.shape[0], 4, 8), float("nan"), device=x.device)
 
         def head(self, h, t, y):
-            return torch.full((h.shape[0], 6, 32, 32), float("nan"))
+            return torch.full((h.shape[0], 6, 32, 32), float("nan"), device=h.device)
 
     broken = GuidedDenoiser(Broken(), GaussianDiffusion.respaced(5))
     x, labels, g = _inputs()

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 from torch import nn
 
 from free_core.engine.diffusion import GaussianDiffusion
+
+TEST_DEVICE = torch.device(os.environ.get("FREE_TEST_DEVICE", "cpu"))  # where the device-aware tests put their tensors
 
 
 class GaussianMixtureDenoiser(nn.Module):
@@ -27,7 +31,7 @@ class GaussianMixtureDenoiser(nn.Module):
     def features(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         acp = self.alphas_cumprod[t.cpu()].to(x.device).double()[:, None, None]
         points = x.flatten(1).double()[:, None, :]  # (N, 1, d)
-        centres = acp.sqrt() * self.means[None]  # (N, K, d)
+        centres = acp.sqrt() * self.means.to(x.device)[None]  # (N, K, d)
         var = acp * self.data_std**2 + 1 - acp  # (N, 1, 1)
         log_w = -((points - centres) ** 2).sum(-1) / (2 * var[:, :, 0])  # (N, K)
         resp = torch.softmax(log_w, dim=1)[:, :, None]
@@ -108,9 +112,10 @@ class MixtureSigmaDenoiser:
         self.calls.append(x.shape[0])
         points = x.flatten(1).double()[:, None, :]  # (N, 1, d)
         var = self.data_std**2 + sigma.double()[:, None] ** 2  # (N, 1): one sigma per row
-        log_w = -((points - self.means[None]) ** 2).sum(-1) / (2 * var)  # (N, K)
+        means = self.means.to(x.device)
+        log_w = -((points - means[None]) ** 2).sum(-1) / (2 * var)  # (N, K)
         resp = torch.softmax(log_w, dim=1)[:, :, None]
-        posterior = self.means[None] + (self.data_std**2 / var)[:, :, None] * (points - self.means[None])
+        posterior = means[None] + (self.data_std**2 / var)[:, :, None] * (points - means[None])
         return (resp * posterior).sum(1).reshape(x.shape).to(x.dtype)
 
 
@@ -132,7 +137,8 @@ class FlowGaussianDenoiser:
         points = x.flatten(1).double()
         alpha, sigma = (1 - sigma.double())[:, None], sigma.double()[:, None]
         gain = alpha * self.data_std**2 / (alpha**2 * self.data_std**2 + sigma**2)
-        return (self.mean + gain * (points - alpha * self.mean)).reshape(x.shape).to(x.dtype)
+        mean = self.mean.to(x.device)
+        return (mean + gain * (points - alpha * mean)).reshape(x.shape).to(x.dtype)
 
 
 def flow_sigmas(steps: int, shift: float = 3.0) -> torch.Tensor:

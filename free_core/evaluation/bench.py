@@ -88,15 +88,21 @@ def bench_options(config: BenchConfig, steps: int, mode: str, draft_length: int 
                           relax_strength=strength if mode == "relax" else None, seed=config.seed)
 
 
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":  # CUDA runs asynchronously: a wall clock must wait for the queued kernels
+        torch.cuda.synchronize(device)
+
+
 def run_speed(config: BenchConfig, model, drafters: dict, log) -> list[dict]:
     rows = []
+    device = next(model.parameters()).device
     for steps in config.steps:
         diffusion = GaussianDiffusion.respaced(steps)
         denoiser = GuidedDenoiser(model, diffusion, cfg_scale=config.cfg_scale)
         for batch in config.batches:
-            g = torch.Generator().manual_seed(config.seed)
-            x_T = initial_noise((batch, model.in_channels, model.input_size, model.input_size), g)
-            labels = torch.arange(batch) % model.num_classes
+            g = torch.Generator(device).manual_seed(config.seed)
+            x_T = initial_noise((batch, model.in_channels, model.input_size, model.input_size), g, device)
+            labels = torch.arange(batch, device=device) % model.num_classes
             variants = [("baseline", None, None, "strict", 0.0), ("strict", "frozen", 6, "strict", 0.0)]
             # The full K sweep at the main setting (most steps, smallest batch); K=6 and adaptive elsewhere.
             sweep = steps == max(config.steps) and batch == min(config.batches)
@@ -107,14 +113,15 @@ def run_speed(config: BenchConfig, model, drafters: dict, log) -> list[dict]:
             variants += [("relax", "learned", "adaptive", "relax", s) for s in config.relax_strengths]
             # One untimed run at this shape first: the first forwards of a new batch shape pay for allocator
             # growth and kernel selection, which would otherwise be charged to the baseline.
-            sample_ancestral(denoiser, x_T, labels, torch.Generator().manual_seed(config.seed + 1))
+            sample_ancestral(denoiser, x_T, labels, torch.Generator(device).manual_seed(config.seed + 1))
             baseline_time = None
             for name, drafter_name, draft_length, mode, strength in variants:
                 options = bench_options(config, steps, "off" if drafter_name is None else mode, draft_length, strength)
                 times, stats, peak = [], None, None
                 for repeat in range(config.repeats):
-                    generator = torch.Generator().manual_seed(config.seed + 1)
+                    generator = torch.Generator(device).manual_seed(config.seed + 1)
                     _reset_peak_memory()
+                    _synchronize(device)
                     started = time.perf_counter()
                     if drafter_name is None:
                         _, stats = sample_ancestral(denoiser, x_T, labels, generator)
@@ -122,6 +129,7 @@ def run_speed(config: BenchConfig, model, drafters: dict, log) -> list[dict]:
                         _, stats = sample_speculative(denoiser, drafters[drafter_name], x_T, labels, generator,
                                                       draft_length=options.policy(), mode=options.mode,
                                                       relax_strength=options.strength)
+                    _synchronize(device)
                     times.append(time.perf_counter() - started)
                     peak = _peak_memory_mb()
                 wall = statistics.median(times)
@@ -193,9 +201,10 @@ def _real_fd(classifier, reference, n) -> float:
 
 def run_cost_curve(model, config: BenchConfig, rows_max: int = 64) -> dict[int, float]:
     denoiser = GuidedDenoiser(model, GaussianDiffusion.respaced(50))
-    x = torch.zeros(1, model.in_channels, model.input_size, model.input_size)
+    device = next(model.parameters()).device
+    x = torch.zeros(1, model.in_channels, model.input_size, model.input_size, device=device)
     sizes = [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64] if not config.quick else [1, 2, 4, 8]
-    return measure_batch_cost(denoiser, x, torch.zeros(1, dtype=torch.long), [s for s in sizes if s <= rows_max],
+    return measure_batch_cost(denoiser, x, torch.zeros(1, dtype=torch.long, device=device), [s for s in sizes if s <= rows_max],
                               repeats=max(3, config.repeats))
 
 

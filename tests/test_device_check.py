@@ -1,0 +1,63 @@
+"""tools/device_check.sh runs its whole path on the CPU (`--device cpu --quick`) and writes a report of the promised shape.
+
+Timings are not asserted: only the report's structure, the device it names, and that projections stay labelled.
+"""
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from free_core.engine.cost import machine_key
+from free_core.evaluation.device_report import dtype_support, main
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_quick_cpu_run_writes_a_labelled_report_and_copies_it_to_OUT(tmp_path):
+    docs = {name: (ROOT / "docs" / name).read_bytes() if (ROOT / "docs" / name).exists() else None
+            for name in ("benchmarks-gpu.md", "benchmarks-gpu.json")}
+    report_dir, out = tmp_path / "report", tmp_path / "out"
+    env = {**os.environ, "OUT": str(out), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(["bash", "tools/device_check.sh", "--device", "cpu", "--quick", "--out", str(report_dir)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = (report_dir / "benchmarks-gpu.md").read_text()
+    results = json.loads((report_dir / "benchmarks-gpu.json").read_text())
+    assert (out / "benchmarks-gpu.md").read_text() == report and (out / "benchmarks-gpu.json").exists()
+    assert "# Benchmarks on a GPU" in done.stdout  # printed as well as written
+
+    assert f"Measured on **{machine_key('cpu')['device']}** (cpu;" in report
+    assert "Not a GPU" in report and results["device_type"] == "cpu" and not results["errors"]
+    assert ("bf16 rows were not run" in report) == (dtype_support() is not None)
+    assert results["tests"]["device"] == "cpu" and results["tests"]["passed"] >= 1 and results["tests"]["failed"] == 0
+    assert "| passed | failed | errors | skipped | seconds |" in report
+    samplers = {row["sampler"] for row in results["embedded"]["fp32"]["speed"]}
+    assert samplers == {"baseline", "strict", "relax"}
+    assert "| steps | batch | sampler | drafter | K | relax | sequential calls | acceptance | wall s | measured speedup | cost model |" in report
+    assert [m["model"] for m in results["large"]["fp32"]] == ["DiT-Micro/8 256px", "DiT-Micro/8 512px"]
+    assert all(m["projection"] and m["batch_cost_curve"] for m in results["large"]["fp32"])
+    assert report.count("Cost-model limit at batch 1 (every draft accepted") == 3  # the embedded model and both large ones
+
+    # Every projected figure sits in a table under a heading that says PROJECTION; none in a measured table.
+    heading = ""
+    for line in report.splitlines():
+        heading = line if line.startswith("#") else heading
+        if "projected speedup" in line.lower() or "paper reports" in line.lower():
+            assert "PROJECTION (not a measurement)" in heading, (heading, line)
+    assert report.count("projected speedup (PROJECTION)") == 2
+
+    for name, before in docs.items():  # the test's run never writes the GPU report into docs/
+        after = (ROOT / "docs" / name).read_bytes() if (ROOT / "docs" / name).exists() else None
+        assert after == before, name
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_cuda_device_without_cuda_is_refused_naming_the_option(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--device", "cuda", "--out", "unused"])
+    assert exit_info.value.code == 2
+    assert "--device cuda: CUDA is not available" in capsys.readouterr().err
