@@ -78,8 +78,10 @@ class FreeDrafter(nn.Module):
         return self.predict_features(dit, history, x, previous_x, t, y)
 
     def propose(self, model: DiT, context: DraftContext) -> tuple[torch.Tensor, torch.Tensor]:
-        features = self.predict_features(model, context.features, context.x, context.previous_x, context.t, context.y)
-        return model.head(features, context.t, context.y), features
+        dtype = self.fc1.weight.dtype  # the DiT's (e.g. bfloat16), while the states stay float32
+        features = self.predict_features(model, context.features, context.x.to(dtype), context.previous_x.to(dtype),
+                                         context.t, context.y)
+        return model.head(features, context.t, context.y).to(context.x.dtype), features
 
 
 def drafter_for(dit: DiT, history_length: int = 2, hidden: int | None = None) -> FreeDrafter:
