@@ -11,11 +11,14 @@
    drafter learns what acceptance needs and does not chase hopeless steps.
 
 Runs the same alone or under `torchrun --nproc_per_node N` (DDP, gloo on CPU, nccl on CUDA): each rank
-collects its own trajectories; checkpoints are resumable. Works for any free_core DiT.
+collects its own trajectories; checkpoints are resumable. Works for any free_core DiT. With `dtype` bfloat16 or
+float16 the trajectories are collected with a copy of the DiT in that dtype (the costly part, and the features the
+drafter will read at sampling in that dtype); the drafter itself trains in float32 and is cast at load.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from dataclasses import dataclass, field
@@ -29,6 +32,7 @@ from ..models.checkpoints import load_dit
 from ..engine.denoiser import GuidedDenoiser
 from ..engine.diffusion import GaussianDiffusion
 from ..models.dit import DiT
+from ..models.model_specs import DTYPES
 from .distributed import DistributedContext, all_reduce_mean, setup_distributed, teardown_distributed
 from ..models.free_drafter import FreeDrafter, drafter_for, save_drafter
 from .progress import Progress
@@ -53,6 +57,7 @@ class DrafterTrainConfig:
     checkpoint_every: int = 100
     device: str | None = None
     collect_batch: int = 32
+    dtype: str = "float32"  # the dtype the DiT collects trajectories in (free_core.models.model_specs.DTYPES)
     losses: list[float] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -60,6 +65,8 @@ class DrafterTrainConfig:
         if not steps or any(isinstance(n, bool) or not isinstance(n, int) or n < 2 for n in steps):
             raise ValueError(f"sampling_steps must be one or more integer step counts >= 2, got {self.sampling_steps!r}")
         self.sampling_steps = steps
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
 
 
 @dataclass
@@ -231,13 +238,18 @@ def _collect_or_load(cfg: DrafterTrainConfig, dit: DiT, ctx: DistributedContext,
     datasets = []
     per_rank = max(1, cfg.trajectories // ctx.world_size)
     fingerprint = dit.weights_fingerprint or "unknown"
+    in_dtype = "" if cfg.dtype == "float32" else f"_{cfg.dtype}"
+    collector = None  # the DiT in cfg.dtype, made at the first set not cached
     for steps, scale, diffusion, seed in trajectory_sets(cfg, ctx.rank):
-        cache = out_dir / f"trajectories_{fingerprint}_cfg{scale:g}_steps{steps}_n{per_rank}_rank{ctx.rank}_seed{cfg.seed}.pt"
+        cache = out_dir / (f"trajectories_{fingerprint}{in_dtype}_cfg{scale:g}_steps{steps}_n{per_rank}_rank{ctx.rank}"
+                           f"_seed{cfg.seed}.pt")
         if cache.is_file():
             saved = torch.load(cache, map_location="cpu", weights_only=True)
             datasets.append(Trajectories(saved["states"], saved["features"], saved["labels"], scale, diffusion))
             continue
-        denoiser = GuidedDenoiser(dit, diffusion, cfg_scale=scale)
+        if collector is None:  # a copy: the caller's DiT, and the one the drafter trains against, stay float32
+            collector = dit if cfg.dtype == "float32" else copy.deepcopy(dit).to(DTYPES[cfg.dtype])
+        denoiser = GuidedDenoiser(collector, diffusion, cfg_scale=scale)
         generator = torch.Generator(device=ctx.device).manual_seed(seed)
         progress = Progress(per_rank * steps, f"collect steps={steps} cfg={scale:g}", enabled=ctx.is_main, log_every=500)
         data = collect_trajectories(denoiser, per_rank, generator, cfg.collect_batch, ctx.device, progress)
