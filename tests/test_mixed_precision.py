@@ -130,3 +130,23 @@ def test_float16_is_refused_naming_the_option_where_torch_cannot_run_it(monkeypa
     assert free_core.frontdoor.cli.main(["sample", "--dtype", "float16", "--device", "cpu"]) == 2
     error = capsys.readouterr().err
     assert len(error.strip().splitlines()) == 1 and "--dtype float16" in error
+
+
+def test_a_drafter_fitted_to_a_bfloat16_dit_trains_in_float32_and_comes_back_in_its_dtype():
+    from free_core.training.fit_in_process import fit_drafter
+    from free_core.training.train_drafter import DrafterTrainConfig
+
+    dit = resolve_dit("random:DiT-Micro/8", dtype=torch.bfloat16)
+    cfg = DrafterTrainConfig(sampling_steps=(4,), trajectories=2, cfg_scales=(1.0,), train_steps=3, batch_size=4,
+                             unroll=2, collect_batch=2)
+    drafter, losses = fit_drafter(dit, cfg)
+    assert {p.dtype for p in drafter.parameters()} == {torch.bfloat16} and dit.pos_embed.dtype == torch.bfloat16
+    assert len(losses) == 3 and all(loss == loss for loss in losses)
+
+
+def test_strict_with_a_bfloat16_dit_times_its_plain_step_in_bfloat16(tmp_path, monkeypatch):
+    monkeypatch.setenv("FREE_COST_CACHE", str(tmp_path))  # measured here, not read from another dtype's curve
+    dit = resolve_dit("random:DiT-Micro/8", dtype=torch.bfloat16)
+    samples, stats = generate(dit, FrozenDrafter(), torch.tensor([0, 1]), SamplerOptions(mode="strict", steps=4, cfg=2.0))
+    assert samples.dtype == torch.float32 and stats.plain_step_s > 0
+    assert any("bfloat16" in path.read_text() for path in tmp_path.glob("*.json"))

@@ -62,7 +62,7 @@ def measure_batch_cost(denoiser: GuidedDenoiser, x: torch.Tensor, labels: torch.
     t_last = int(denoiser.diffusion.model_timesteps[-1])
 
     def forward(rows: int) -> None:
-        inputs = torch.zeros((rows, *x.shape[1:]), dtype=x.dtype, device=x.device)
+        inputs = torch.zeros((rows, *x.shape[1:]), dtype=denoiser.dtype or x.dtype, device=x.device)
         t = torch.full((rows,), t_last, device=x.device)
         y = labels[:1].expand(rows).clone()
         model.head(model.features(inputs, t, y), t, y)
