@@ -18,6 +18,7 @@ import comfy.model_patcher
 import comfy.supported_models_base
 
 from ..free_core.models.dit import DiT
+from ..free_core.models.model_specs import resolve_dtype
 
 LABEL_KEY = "free_class_label"
 
@@ -39,7 +40,9 @@ class DiTLatentConfig(comfy.supported_models_base.BASE):
     latent_format = comfy.latent_formats.SD15
     sampling_settings = {"beta_schedule": "sqrt_linear", "linear_start": 1e-4, "linear_end": 0.02}
     memory_usage_factor = 1.0
-    supported_inference_dtypes = [torch.float32]
+    # The DiT computes in its weights' dtype (FREE DiT Loader's `dtype`): ComfyUI's BaseModel feeds it that dtype
+    # (get_dtype, from DiTEpsAdapter.dtype) and casts its output to float32, as the free_core engine does.
+    supported_inference_dtypes = [torch.float32, torch.bfloat16, torch.float16]
 
 
 class DiTPixelConfig(DiTLatentConfig):
@@ -92,10 +95,19 @@ def model_patcher_for(dit: DiT) -> comfy.model_patcher.ModelPatcher:
     config_class = DiTPixelConfig if dit.in_channels == 3 else DiTLatentConfig
     if dit.in_channels not in (3, 4):
         raise ValueError(f"a DiT with {dit.in_channels} input channels is neither RGB pixels (3) nor SD-VAE latents (4)")
-    model = FreeDiTModel(config_class({}), dit, device="cpu")
+    config = config_class({})
+    # No manual cast: the DiT is built from torch.nn layers, not comfy.ops, so ComfyUI could cast its inputs but not
+    # its weights; the loader puts the weights in a dtype the device computes in, or refuses the dtype.
+    config.set_inference_dtype(next(dit.parameters()).dtype, None)
+    model = FreeDiTModel(config, dit, device="cpu")
     return comfy.model_patcher.ModelPatcher(
         model, load_device=comfy.model_management.get_torch_device(), offload_device=comfy.model_management.unet_offload_device()
     )
+
+
+def inference_dtype(name: str) -> torch.dtype:
+    """FREE DiT Loader's `dtype` choice, refused (naming the input) where ComfyUI's device cannot compute in it."""
+    return resolve_dtype(name, comfy.model_management.get_torch_device(), option="dtype")
 
 
 def free_dit_of(model) -> DiT:

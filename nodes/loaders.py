@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ..free_core.models.model_specs import EMBEDDED, FROZEN, resolve_dit, resolve_drafter
-from .comfy_model import free_dit_of, model_patcher_for
+from ..free_core.models.model_specs import DTYPES, EMBEDDED, FROZEN, resolve_dit, resolve_drafter
+from .comfy_model import free_dit_of, inference_dtype, model_patcher_for
 from .model_folders import DRAFTER_FOLDER, dit_folder, full_path, list_files
 
 FROZEN_CHOICE = "frozen (training-free)"
@@ -17,17 +17,23 @@ class FREEDiTLoader:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"dit_name": ([EMBEDDED] + list_files(dit_folder(), DIT_SUFFIXES), {
-            "tooltip": "'embedded' needs no download; official DiT checkpoints go in models/diffusion_models "
-                       "(models/unet in older ComfyUI). .pt files are read with torch.load(weights_only=True)."})}}
+        return {
+            "required": {"dit_name": ([EMBEDDED] + list_files(dit_folder(), DIT_SUFFIXES), {
+                "tooltip": "'embedded' needs no download; official DiT checkpoints go in models/diffusion_models "
+                           "(models/unet in older ComfyUI). .pt files are read with torch.load(weights_only=True)."})},
+            "optional": {"dtype": (list(DTYPES), {
+                "default": "float32",
+                "tooltip": "the dtype the DiT and its drafter compute in (bfloat16: faster on GPUs, half the memory); "
+                           "samples stay float32 and FREE strict keeps the law of the plain sampler in this dtype."})},
+        }
 
     RETURN_TYPES = ("MODEL",)
     FUNCTION = "load"
     CATEGORY = "FREE"
 
-    def load(self, dit_name: str):
+    def load(self, dit_name: str, dtype: str = "float32"):
         spec = dit_name if dit_name == EMBEDDED else full_path(dit_folder(), dit_name)
-        return (model_patcher_for(resolve_dit(spec, option="dit_name")),)
+        return (model_patcher_for(resolve_dit(spec, option="dit_name", dtype=inference_dtype(dtype))),)
 
 
 class FREEDrafterLoader:

@@ -62,7 +62,7 @@ def measure_batch_cost(denoiser: GuidedDenoiser, x: torch.Tensor, labels: torch.
     t_last = int(denoiser.diffusion.model_timesteps[-1])
 
     def forward(rows: int) -> None:
-        inputs = torch.zeros((rows, *x.shape[1:]), dtype=x.dtype, device=x.device)
+        inputs = torch.zeros((rows, *x.shape[1:]), dtype=denoiser.dtype or x.dtype, device=x.device)
         t = torch.full((rows,), t_last, device=x.device)
         y = labels[:1].expand(rows).clone()
         model.head(model.features(inputs, t, y), t, y)
@@ -123,8 +123,8 @@ def cached_batch_cost(denoiser: GuidedDenoiser, x: torch.Tensor, labels: torch.T
     """`measure_batch_cost` at `row_counts`, measured once per DiT architecture, input shape and machine (kept on disk):
     timing forwards inside every run would cost more than the adaptive policy saves, and would make its choices, and
     so the samples, depend on the run's timings."""
-    key = {"kind": "dit", "config": denoiser.model.config.to_dict(), "dtype": str(x.dtype), "shape": list(x.shape[1:]),
-           **machine_key(x.device)}
+    key = {"kind": "dit", "config": denoiser.model.config.to_dict(), "dtype": str(denoiser.dtype or x.dtype),
+           "shape": list(x.shape[1:]), **machine_key(x.device)}
     return disk_cached_curve(key, lambda counts: measure_batch_cost(denoiser, x, labels, counts), row_counts)
 
 
@@ -160,7 +160,8 @@ def cached_draft_cost(denoiser: GuidedDenoiser, drafter, x: torch.Tensor, labels
     step = torch.zeros(n, dtype=torch.long, device=x.device)
     x_rows, t_rows, y_rows = denoiser.rows(x, step, labels)
     m = drafter.history_length
-    features = torch.zeros((rows, m, model.num_tokens, model.hidden_size), dtype=x.dtype, device=x.device) if m else None
+    feature_dtype = denoiser.dtype or x.dtype  # features are kept in the model's dtype (bfloat16 DiT: bfloat16)
+    features = torch.zeros((rows, m, model.num_tokens, model.hidden_size), dtype=feature_dtype, device=x.device) if m else None
     output = torch.zeros((rows, model.out_channels, *x.shape[2:]), dtype=x.dtype, device=x.device)
 
     def draft(_: int) -> None:
@@ -170,6 +171,6 @@ def cached_draft_cost(denoiser: GuidedDenoiser, drafter, x: torch.Tensor, labels
         denoiser.transition(denoiser.guided_output(out_rows), x, step)
 
     drafter_config = getattr(getattr(drafter, "config", None), "to_dict", lambda: type(drafter).__name__)()
-    key = {"kind": "drafting pass", "dit": model.config.to_dict(), "drafter": drafter_config, "dtype": str(x.dtype),
+    key = {"kind": "drafting pass", "dit": model.config.to_dict(), "drafter": drafter_config, "dtype": str(feature_dtype),
            "shape": list(x.shape), "branches": branches, **machine_key(x.device)}
     return disk_cached_curve(key, lambda counts: time_calls(draft, counts, x.device), [rows])[rows]

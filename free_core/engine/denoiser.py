@@ -4,6 +4,11 @@ Classifier-free guidance doubles every state into rows (conditional, uncondition
 model, and any drafter, work on rows; `guided_output` folds rows back into one output per state.
 Any model with `features(x, t, y)`, `head(h, t, y)`, `in_channels`, `learn_sigma` and `null_class`
 works (the DiT, or the closed-form toy denoisers of the tests).
+
+Mixed precision lives here: the model runs in its own dtype (`model_dtype`: its parameters', e.g. bfloat16) while
+states stay float32, so `evaluate` feeds it its dtype and returns its outputs in the states' dtype; features stay
+in the model's dtype (a drafter reads them with the same model). A verification batch that does not fit in memory
+is evaluated in chunks of rows (`free_core.engine.chunking`).
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from typing import Protocol
 
 import torch
 
+from .chunking import RowChunks
 from .diffusion import VARIANCE_MODES, GaussianDiffusion, VarianceMode
 
 
@@ -23,6 +29,16 @@ class SplitModel(Protocol):
     def features(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor: ...
 
     def head(self, h: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor: ...
+
+
+def model_dtype(model: object) -> torch.dtype | None:
+    """The dtype a model computes in: its floating parameters', else its `dtype` attribute; None: whatever it is fed."""
+    if isinstance(model, torch.nn.Module):
+        for parameter in model.parameters():
+            if parameter.is_floating_point():
+                return parameter.dtype
+    dtype = getattr(model, "dtype", None)
+    return dtype if isinstance(dtype, torch.dtype) else None
 
 
 class GuidedDenoiser:
@@ -47,6 +63,8 @@ class GuidedDenoiser:
             clip_denoised = model.in_channels == 3
         self.model, self.diffusion = model, diffusion
         self.cfg_scale, self.variance, self.clip_denoised = float(cfg_scale), variance, clip_denoised
+        self.dtype = model_dtype(model)
+        self.chunks = RowChunks("verification batch")  # remembers a chunk size that fit, for the rest of the run
 
     @property
     def branches(self) -> int:
@@ -84,7 +102,16 @@ class GuidedDenoiser:
 
     @torch.no_grad()
     def evaluate(self, x: torch.Tensor, i: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One DiT forward over all states: (top-block feature rows, output rows)."""
+        """One DiT forward over all states: (top-block feature rows in the model's dtype, output rows in x's dtype).
+
+        Rows are independent, so a batch too large for memory is evaluated in chunks with the same result.
+        """
         x_rows, t_rows, y_rows = self.rows(x, i, labels)
-        features = self.model.features(x_rows, t_rows, y_rows)
-        return features, self.model.head(features, t_rows, y_rows)
+        x_rows = x_rows.to(self.dtype or x.dtype)
+
+        def forward(start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+            t, y = t_rows[start:stop], y_rows[start:stop]
+            features = self.model.features(x_rows[start:stop], t, y)
+            return features, self.model.head(features, t, y).to(x.dtype)
+
+        return self.chunks(forward, x_rows.shape[0])

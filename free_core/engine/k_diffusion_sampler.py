@@ -29,6 +29,7 @@ from typing import Any, Callable
 
 import torch
 
+from .chunking import RowChunks
 from .cost import cached_black_box_cost, disk_cached_curve, machine_key, time_calls
 from .draft_policy import DraftLengthPolicy
 from .rounds import check_options, run_rounds
@@ -111,7 +112,7 @@ class SigmaSpace:
     def __init__(self, model: Model, sigmas: torch.Tensor, extra_args: dict, step: AncestralStep, x: torch.Tensor,
                  row_groups: Callable[[torch.Tensor], torch.Tensor] | None = None, cfg_branches: int = 1):
         self.model, self.sigmas, self.extra_args, self.step = model, sigmas, extra_args, step
-        self.row_groups, self.verify_calls = row_groups, 1
+        self.row_groups, self.verify_calls, self.chunks = row_groups, 1, RowChunks("verification batch")
         self.total_steps, self.rows_per_state = len(sigmas) - 1, cfg_branches
         self.last_denoised = torch.zeros_like(x)
 
@@ -129,16 +130,20 @@ class SigmaSpace:
         progress = progress.to(self.sigmas.device)
         sigma = self.sigmas[progress]
         if self.row_groups is None:
-            self.denoised = self.model(states, sigma.to(states), **self.extra_args)
+            self.denoised = self.call_model(states, sigma)
+            self.verify_calls = self.chunks.last_calls
         else:  # one call per group of rows that the model must condition alike (see batch_conditioning.py)
             groups = self.row_groups(sigma)
-            distinct = groups.unique()
-            self.denoised = torch.empty_like(states)
-            for group in distinct:
+            self.denoised, self.verify_calls = torch.empty_like(states), 0
+            for group in groups.unique():
                 rows = (groups == group).nonzero().flatten()
-                self.denoised[rows] = self.model(states[rows], sigma[rows].to(states), **self.extra_args)
-            self.verify_calls = int(distinct.numel())
+                self.denoised[rows] = self.call_model(states[rows], sigma[rows])
+                self.verify_calls += self.chunks.last_calls
         return self.step(states, self.denoised, sigma, self.sigmas[progress + 1])
+
+    def call_model(self, states: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """The model on `states` at per-row `sigma`, in chunks of rows if the batch does not fit in memory."""
+        return self.chunks(lambda a, b: self.model(states[a:b], sigma[a:b].to(states), **self.extra_args), states.shape[0])
 
     def commit(self, offsets: torch.Tensor, stop: torch.Tensor) -> None:
         self.last_denoised[self.active] = self.denoised[offsets + stop]
@@ -246,6 +251,7 @@ def sample_free_euler_ancestral(
 
     x = run_rounds(space, x, generator, policy, stats, relax_strength, after_round)
     stats.wall_time_s = time.perf_counter() - started
+    stats.chunk_rows = space.chunks.max_rows
     if measure_plain_step:
         stats.plain_step_s = measure([n])[n]
     if stats_sink is not None:

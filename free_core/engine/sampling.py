@@ -59,7 +59,7 @@ def sample_ancestral(
         mean, std = denoiser.transition(denoiser.guided_output(output_rows), x, i)
         x = mean + std * step_noise(x, generator)
         stats.rounds += 1
-        stats.sequential_dit_calls += 1
+        stats.sequential_dit_calls += denoiser.chunks.last_calls
         stats.dit_states += n
         stats.states_per_round.append(n)
         stats.dit_rows += output_rows.shape[0]
@@ -67,4 +67,5 @@ def sample_ancestral(
     if callback is not None:
         callback({"round": steps, "steps_done": steps, "total_steps": steps, "x": x})
     stats.wall_time_s = time.perf_counter() - started
+    stats.chunk_rows = denoiser.chunks.max_rows
     return x, stats

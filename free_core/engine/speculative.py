@@ -76,6 +76,7 @@ class DDPMSpace:
         denoiser = self.denoiser
         i = self.step_label(progress).to(states.device)
         self.feature_rows, output_rows = denoiser.evaluate(states, i, self.labels[self.active[sample].to(states.device)])
+        self.verify_calls = denoiser.chunks.last_calls  # more than 1 once the batch is split to fit in memory
         self.output_rows = output_rows
         return denoiser.transition(denoiser.guided_output(output_rows), states, i)
 
@@ -136,4 +137,5 @@ def sample_speculative(
         callback({"round": 0, "steps_done": 0, "total_steps": total_steps, "x": x})
     x = run_rounds(DDPMSpace(denoiser, drafter, labels), x, generator, policy, stats, relax_strength, after_round)
     stats.wall_time_s = time.perf_counter() - started
+    stats.chunk_rows = denoiser.chunks.max_rows
     return x, stats

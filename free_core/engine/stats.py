@@ -33,6 +33,7 @@ class SamplingStats:
     states_per_round: list[int] = field(default_factory=list)  # states in each round's verification forward
     wall_time_s: float = 0.0
     plain_step_s: float | None = None  # measured cost of one plain step's DiT call at this batch (speculative runs)
+    chunk_rows: int | None = None  # rows per model call once a batch did not fit in memory (None: never split)
 
     def __post_init__(self) -> None:
         if not self.proposed_per_step:
@@ -132,6 +133,7 @@ class SamplingStats:
             "states_per_round": self.states_per_round,
             "wall_time_s": self.wall_time_s,
             "plain_step_s": self.plain_step_s,
+            "chunk_rows": self.chunk_rows,
         }
 
     def summary(self) -> str:
@@ -144,6 +146,8 @@ class SamplingStats:
         ]
         if self.wall_clock_words():
             lines.append(f"vs plain sampler     {self.wall_clock_words()}")
+        if self.chunk_rows is not None:
+            lines.append(f"memory               batches split into chunks of {self.chunk_rows} rows (did not fit)")
         if sum(self.proposed_per_step):
             histogram = " ".join(f"{k}:{v}" for k, v in sorted(self.advance_histogram.items()))
             lines += [

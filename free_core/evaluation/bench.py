@@ -23,7 +23,7 @@ from ..engine.denoiser import GuidedDenoiser
 from ..engine.diffusion import GaussianDiffusion
 from ..engine.drafter_interface import FrozenDrafter
 from .metrics import load_classifier, quality_report, reference_features
-from ..models.model_specs import EMBEDDED, resolve_dit, resolve_drafter
+from ..models.model_specs import EMBEDDED, resolve_dit, resolve_drafter, resolve_dtype
 from ..frontdoor.options import ADAPTIVE_MAX_DRAFT_LENGTH, DEFAULT_DRAFT_LENGTH, SamplerOptions
 from ..engine.sampling import initial_noise, sample_ancestral
 from ..engine.speculative import sample_speculative
@@ -47,6 +47,7 @@ class BenchConfig:
     out_dir: str = "docs"
     quick: bool = False
     sections: list[str] = field(default_factory=lambda: ["speed", "quality", "cost"])
+    dtype: str = "float32"  # the DiT's and the drafter's (free_core.models.model_specs.DTYPES)
 
 
 def quick_config(out_dir: str = "runs/bench-quick") -> BenchConfig:
@@ -214,7 +215,7 @@ def machine_description() -> str:
 
 
 def run_bench(config: BenchConfig, json_path: str | None = None, log=print) -> dict:
-    model = resolve_dit(EMBEDDED)
+    model = resolve_dit(EMBEDDED, dtype=resolve_dtype(config.dtype))
     drafters = {"frozen": FrozenDrafter(), "learned": resolve_drafter(EMBEDDED, model)}
     results: dict = {"machine": machine_description(), "config": {k: v for k, v in config.__dict__.items()}}
     started = time.perf_counter()

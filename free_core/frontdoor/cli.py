@@ -17,8 +17,8 @@ from ..engine.stats import speed_in_words
 from ..models.checkpoints import EMBEDDED_CFG_SCALE, WEIGHTS_DIR
 from ..models.class_labels import resolve_class
 from ..models.dit import DIT_CONFIGS
-from ..models.model_specs import (DIT_CHOICES, DRAFTER_CHOICES, check_dit_spec, check_drafter_spec, default_drafter,
-                                  resolve_dit, resolve_drafter)
+from ..models.model_specs import (DIT_CHOICES, DRAFTER_CHOICES, DTYPES, check_dit_spec, check_drafter_spec,
+                                  default_drafter, resolve_dit, resolve_drafter, resolve_dtype)
 from .demo_grid import save_labelled_grid
 from .generate import generate
 from .options import (ADAPTIVE_MAX_DRAFT_LENGTH, DEFAULT_DRAFT_LENGTH, DEFAULT_RELAX_STRENGTH, DEFAULT_STEPS, OptionError,
@@ -117,10 +117,11 @@ def command_sample(args: argparse.Namespace) -> int:
     positive_int("--repeats", args.repeats, "3")
     requested_labels = parse_labels(args.labels)
     device = check_device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
     drafter_spec = args.drafter or default_drafter(args.model)
     check_dit_spec(args.model)
     check_drafter_spec(drafter_spec)
-    model = resolve_dit(args.model, device)
+    model = resolve_dit(args.model, device, dtype=dtype)
     drafter = resolve_drafter(drafter_spec, model, device)
     labels = labels_for(requested_labels, args.batch, model.num_classes)
 
@@ -192,8 +193,9 @@ def command_train_drafter(args: argparse.Namespace) -> int:
         dit=args.dit, out=args.out, sampling_steps=args.sampling_steps, trajectories=args.trajectories,
         cfg_scales=args.cfg_scales, train_steps=args.steps,
         batch_size=args.batch_size, unroll=args.unroll, lr=args.lr, seed=args.seed, max_minutes=args.max_minutes,
-        device=args.device, collect_batch=args.collect_batch,
+        device=args.device, collect_batch=args.collect_batch, dtype=args.dtype,
     )
+    resolve_dtype(args.dtype, args.device or ("cuda" if torch.cuda.is_available() else "cpu"))  # before collecting
     path, losses = train_drafter(config)
     if losses:
         print(f"saved {path}; final loss {sum(losses[-50:]) / len(losses[-50:]):.4f}")
@@ -215,6 +217,8 @@ def command_bench(args: argparse.Namespace) -> int:
         out_dir=args.out_dir, repeats=args.repeats, quality_samples=args.quality_samples, quality_steps=args.quality_steps,
         quality_draft_length=args.quality_draft_length, quality_samplers=tuple(args.quality_samplers.split(",")),
         steps=args.steps, batches=args.batches, relax_strengths=args.relax_strengths)
+    config.dtype = args.dtype
+    resolve_dtype(config.dtype)  # the benchmark runs on the CPU
     if args.sections:
         config.sections = args.sections.split(",")
     results = run_bench(config, json_path=None)
@@ -257,6 +261,12 @@ def command_model_card(args: argparse.Namespace) -> int:
                            quality_draft_length=args.quality_draft_length)
 
 
+def add_dtype_option(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--dtype", default="float32", choices=list(DTYPES),
+                        help=f"the dtype {what} computes in; states and the coupling stay float32 (bfloat16: faster on "
+                             "GPUs, strict still exact with respect to the plain sampler in the same dtype)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m free_core", description="FREE speculative sampling for DiTs")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -286,6 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--labels", default=None, help="comma-separated class indices (default 0, 1, 2, ...)")
     sample.add_argument("--seed", type=int, default=0, help="the same seed gives the same samples")
     sample.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
+    add_dtype_option(sample, "the DiT (and its drafter)")
     sample.add_argument("--repeats", type=int, default=1, help="runs per sampler; the wall clock reported is their median")
     sample.add_argument("--out", default="samples.png", help="the labelled image grid (latent models: a .latents.pt)")
     sample.add_argument("--scale", type=int, default=4, help="image upscaling factor (pixel repetition)")
@@ -335,6 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
     drafter.add_argument("--max-minutes", type=float, default=drafter_defaults.max_minutes)
     drafter.add_argument("--collect-batch", type=int, default=drafter_defaults.collect_batch)
     drafter.add_argument("--device", default=drafter_defaults.device)
+    add_dtype_option(drafter, "the DiT collecting trajectories")
     drafter.set_defaults(handler=command_train_drafter)
 
     bench = sub.add_parser("bench", parents=[common], formatter_class=HelpFormatter, help="baseline vs FREE strict/relax vs frozen drafter, side by side")
@@ -353,6 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="comma-separated subset of baseline,strict,relax for the quality section")
     bench.add_argument("--no-report", action="store_true", help="only the JSON (e.g. a part for bench-report)")
     bench.add_argument("--sections", default=None, help="comma-separated subset of speed,quality,cost")
+    add_dtype_option(bench, "the embedded DiT (and its drafter)")
     bench.set_defaults(handler=command_bench)
 
     report = sub.add_parser("bench-report", parents=[common], formatter_class=HelpFormatter, help="merge bench JSON files (e.g. speed and quality parts) into one report")

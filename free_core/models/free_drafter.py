@@ -83,17 +83,17 @@ class FreeDrafter(nn.Module):
     def propose(self, model: DiT, context: DraftContext) -> tuple[torch.Tensor, torch.Tensor]:
         c = model.conditioning(context.t, context.y)  # once for the drafter and the DiT's head
         features = self.predict_features(model, context.features, context.x, context.previous_x, context.t, context.y, c)
-        return model.head(features, context.t, context.y, c), features
+        return model.head(features, context.t, context.y, c).to(context.x.dtype), features  # states stay float32
 
 
 def patch_embedding_change(dit: DiT, x: torch.Tensor, previous_x: torch.Tensor) -> torch.Tensor:
     """x_embedder(x) - x_embedder(previous_x) (R, T, D): the patch embedding is affine, so this is its bias-free
-    linear map applied once to the difference, written as a matmul over patches (a strided convolution this small
-    costs more in dispatch than in arithmetic)."""
+    linear map applied once to the difference (taken in the states' precision, then cast to the DiT's dtype),
+    written as a matmul over patches (a strided convolution this small costs more in dispatch than in arithmetic)."""
     weight = dit.x_embedder.proj.weight  # (D, C, p, p)
     p = weight.shape[-1]
     patches = rearrange(x - previous_x, "r c (h p) (w q) -> r (h w) (c p q)", p=p, q=p)  # (R, T, C p p)
-    return nn.functional.linear(patches, weight.flatten(1))
+    return nn.functional.linear(patches.to(weight.dtype), weight.flatten(1))
 
 
 def drafter_for(dit: DiT, history_length: int = 2, hidden: int | None = None) -> FreeDrafter:

@@ -4,6 +4,7 @@ A DiT is `embedded` (the shipped 32x32 model), a weights file, or `random:<confi
 the engine); a drafter is `embedded` (the shipped drafter of the embedded DiT), `frozen` (training-free:
 reuses the last DiT output) or a drafter file. Every failure is an `OptionError` naming the option, the value
 and the fix, in one line; a file that cannot be read is named, and pickled files are never unpickled.
+`--dtype` names the dtype the DiT (and its drafter) compute in; the sampler's states stay float32.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ EMBEDDED = "embedded"
 FROZEN = "frozen"
 RANDOM_PREFIX = "random:"
 DIT_CHOICES = f"'{EMBEDDED}', a DiT weights file (.safetensors, .pt) or {RANDOM_PREFIX}<config>"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DRAFTER_CHOICES = f"'{EMBEDDED}' (the embedded DiT's), '{FROZEN}' (training-free, any DiT) or a drafter .safetensors file"
 
 
@@ -39,8 +41,20 @@ def check_dit_spec(spec: str, option: str = "--model") -> None:
         raise OptionError(f"{option} {spec}: no such file; use {DIT_CHOICES}")
 
 
-def resolve_dit(spec: str, device: str | torch.device = "cpu", option: str = "--model") -> DiT:
-    """The DiT named by `spec`, on `device`, in eval mode."""
+def resolve_dtype(name: str, device: str | torch.device = "cpu", option: str = "--dtype") -> torch.dtype:
+    """The torch dtype named `name`, refused where this torch cannot compute in it on `device` (float16 on some CPUs)."""
+    if name not in DTYPES:
+        raise OptionError(f"{option} {name}: not a supported dtype; use {', '.join(DTYPES)}")
+    dtype = DTYPES[name]
+    if dtype != torch.float32 and not _runs_in(dtype, torch.device(device)):
+        raise OptionError(f"{option} {name}: this torch cannot run a DiT in {name} on {torch.device(device).type}; "
+                          f"use {option} bfloat16 or float32 there, or a CUDA device for {name}")
+    return dtype
+
+
+def resolve_dit(spec: str, device: str | torch.device = "cpu", option: str = "--model",
+                dtype: torch.dtype = torch.float32) -> DiT:
+    """The DiT named by `spec`, on `device`, in `dtype`, in eval mode."""
     check_dit_spec(spec, option)
     if spec.startswith(RANDOM_PREFIX):
         with torch.random.fork_rng(devices=[]):  # the same random weights in every process, the caller's RNG untouched
@@ -49,10 +63,10 @@ def resolve_dit(spec: str, device: str | torch.device = "cpu", option: str = "--
             for parameter in model.final_layer.parameters():  # adaLN-Zero init outputs zeros: give the head a signal
                 torch.nn.init.normal_(parameter, std=0.02)
         model.source_name = spec
-        return model.to(device).eval()
+        return model.to(device=device, dtype=dtype).eval()
     path = EMBEDDED_DIT if spec == EMBEDDED else Path(spec)
     try:
-        return load_dit(path, device=device)
+        return load_dit(path, device=device, dtype=dtype)
     except (OSError, ValueError) as error:  # unreadable, corrupt, pickled or not a DiT: say which file and why
         raise OptionError(f"{option} {spec}: {_one_line(error)}") from error
 
@@ -69,12 +83,13 @@ def check_drafter_spec(spec: str, option: str = "--drafter") -> None:
 
 
 def resolve_drafter(spec: str, dit: DiT, device: str | torch.device = "cpu", option: str = "--drafter") -> Drafter:
-    """The drafter named by `spec` for `dit`; a drafter trained for another DiT is refused naming both."""
+    """The drafter named by `spec` for `dit`, in the DiT's dtype; one trained for another DiT is refused naming both."""
     check_drafter_spec(spec, option)
     if spec == FROZEN:
         return FrozenDrafter()
     try:
-        return load_drafter(EMBEDDED_DRAFTER if spec == EMBEDDED else spec, dit, device=device)
+        drafter = load_drafter(EMBEDDED_DRAFTER if spec == EMBEDDED else spec, dit, device=device)
+        return drafter.to(dtype=dit.pos_embed.dtype)
     except (OSError, ValueError) as error:
         raise OptionError(f"{option} {spec}: {_one_line(error)}") from error
 
@@ -82,6 +97,21 @@ def resolve_drafter(spec: str, dit: DiT, device: str | torch.device = "cpu", opt
 def default_drafter(dit_spec: str) -> str:
     """The embedded DiT has a learned drafter; any other DiT starts with the training-free one."""
     return EMBEDDED if dit_spec == EMBEDDED else FROZEN
+
+
+def _runs_in(dtype: torch.dtype, device: torch.device) -> bool:
+    """Whether the DiT's operations (conv, linear, layer norm, attention, GELU) run in `dtype` on `device`."""
+    try:
+        with torch.no_grad():
+            x = torch.ones(1, 4, 4, 4, dtype=dtype, device=device)
+            h = torch.nn.functional.conv2d(x, torch.ones(8, 4, 2, 2, dtype=dtype, device=device), stride=2)
+            h = torch.nn.functional.layer_norm(h.flatten(2).transpose(1, 2), (8,))  # (1, 4, 8)
+            h = torch.nn.functional.scaled_dot_product_attention(h[:, None], h[:, None], h[:, None])[:, 0]
+            torch.nn.functional.gelu(torch.nn.functional.linear(h, torch.ones(8, 8, dtype=dtype, device=device)),
+                                     approximate="tanh")
+        return True
+    except RuntimeError:  # "... not implemented for 'Half'"
+        return False
 
 
 def _one_line(error: BaseException) -> str:

@@ -41,12 +41,14 @@ def fit_drafter(dit: DiT, cfg: DrafterTrainConfig, on_progress: ProgressCallback
         return _fit(_trainable_copy(dit), cfg, on_progress)
 
 
-def _trainable_copy(dit: DiT) -> DiT:
-    """`dit` itself, or a copy with normal tensors when its weights were created under inference mode
-    (ComfyUI runs nodes in `torch.inference_mode()`; autograd cannot save inference tensors)."""
-    if not any(p.is_inference() for p in dit.parameters()):
+def _trainable_copy(dit: DiT, dtype: torch.dtype | None = None) -> DiT:
+    """`dit` itself, or a copy in `dtype` (default: its own) with normal tensors when its weights are in another dtype
+    or were created under inference mode (ComfyUI runs nodes in `torch.inference_mode()`; autograd cannot save
+    inference tensors)."""
+    dtype = dtype or dit.pos_embed.dtype
+    if dit.pos_embed.dtype == dtype and not any(p.is_inference() for p in dit.parameters()):
         return dit.eval().requires_grad_(False)
-    copy = DiT(dit.config).to(next(dit.parameters()).device)
+    copy = DiT(dit.config).to(device=next(dit.parameters()).device, dtype=dtype)
     copy.load_state_dict({k: v.clone() for k, v in dit.state_dict().items()})
     copy.source_name, copy.weights_fingerprint = dit.source_name, dit.weights_fingerprint
     return copy.eval().requires_grad_(False)
@@ -55,7 +57,8 @@ def _trainable_copy(dit: DiT) -> DiT:
 def _fit(dit: DiT, cfg: DrafterTrainConfig, on_progress: ProgressCallback | None) -> tuple[FreeDrafter, list[float]]:
     device = next(dit.parameters()).device
     torch.manual_seed(cfg.seed)
-    drafter = drafter_for(dit, history_length=cfg.history_length).train()
+    trainer = _trainable_copy(dit, torch.float32)  # the DiT collects in its dtype; the drafter trains in float32
+    drafter = drafter_for(trainer, history_length=cfg.history_length).train()
     optimizer = torch.optim.AdamW(drafter.parameters(), lr=cfg.lr, weight_decay=0.0)
     collect_units = len(cfg.cfg_scales) * cfg.trajectories * sum(cfg.sampling_steps)
     total = collect_units + cfg.train_steps
@@ -72,8 +75,8 @@ def _fit(dit: DiT, cfg: DrafterTrainConfig, on_progress: ProgressCallback | None
     generator = torch.Generator().manual_seed(cfg.seed * 7919)
     losses: list[float] = []
     for step in range(cfg.train_steps):
-        loss, _ = optimisation_step(drafter, drafter, optimizer, dit, datasets, cfg, step, generator, device, scale)
+        loss, _ = optimisation_step(drafter, drafter, optimizer, trainer, datasets, cfg, step, generator, device, scale)
         losses.append(loss.item())
         if on_progress is not None:
             on_progress(collect_units + step + 1, total)
-    return drafter.eval(), losses
+    return drafter.eval().to(dit.pos_embed.dtype), losses

@@ -11,11 +11,15 @@
    drafter learns what acceptance needs and does not chase hopeless steps.
 
 Runs the same alone or under `torchrun --nproc_per_node N` (DDP, gloo on CPU, nccl on CUDA): each rank
-collects its own trajectories; checkpoints are resumable. Works for any free_core DiT.
+collects its own trajectories; checkpoints are resumable. Works for any free_core DiT. With `dtype` bfloat16 or
+float16 (or a DiT given in that dtype) the trajectories are collected in that dtype (the costly part, and the
+features the drafter reads at sampling in that dtype); the drafter trains in float32, on a float32 copy of the
+DiT's embedders and head, and is cast to the DiT's dtype at load.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from dataclasses import dataclass, field
@@ -29,6 +33,7 @@ from ..models.checkpoints import load_dit
 from ..engine.denoiser import GuidedDenoiser
 from ..engine.diffusion import GaussianDiffusion
 from ..models.dit import DiT
+from ..models.model_specs import DTYPES
 from .distributed import DistributedContext, all_reduce_mean, setup_distributed, teardown_distributed
 from ..models.free_drafter import FreeDrafter, drafter_for, save_drafter
 from .progress import Progress
@@ -53,6 +58,7 @@ class DrafterTrainConfig:
     checkpoint_every: int = 100
     device: str | None = None
     collect_batch: int = 32
+    dtype: str | None = None  # the dtype the DiT collects trajectories in (model_specs.DTYPES); None: the DiT's own
     losses: list[float] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -60,6 +66,8 @@ class DrafterTrainConfig:
         if not steps or any(isinstance(n, bool) or not isinstance(n, int) or n < 2 for n in steps):
             raise ValueError(f"sampling_steps must be one or more integer step counts >= 2, got {self.sampling_steps!r}")
         self.sampling_steps = steps
+        if self.dtype is not None and self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
 
 
 @dataclass
@@ -170,11 +178,16 @@ def train_drafter(cfg: DrafterTrainConfig, dit: DiT | None = None) -> tuple[Path
 
         dit = load_dit(EMBEDDED_DIT if cfg.dit == "embedded" else cfg.dit, device=ctx.device)
     dit = dit.to(ctx.device).eval().requires_grad_(False)
+    collector = dit  # collects the trajectories, in cfg.dtype; the drafter trains in float32 on a float32 DiT
+    if cfg.dtype is not None and dit.pos_embed.dtype != DTYPES[cfg.dtype]:
+        collector = copy.deepcopy(dit).to(DTYPES[cfg.dtype])
+    if dit.pos_embed.dtype != torch.float32:
+        dit = copy.deepcopy(dit).float()
     out_dir = Path(cfg.out)
     torch.manual_seed(cfg.seed)
     drafter = drafter_for(dit, history_length=cfg.history_length)
     optimizer = torch.optim.AdamW(drafter.parameters(), lr=cfg.lr, weight_decay=0.0)
-    datasets = _collect_or_load(cfg, dit, ctx, out_dir)
+    datasets = _collect_or_load(cfg, collector, ctx, out_dir)
     scale = feature_scale(datasets)
 
     step, resume_path = 0, out_dir / f"drafter_state_rank{ctx.rank}.pt"
@@ -231,8 +244,10 @@ def _collect_or_load(cfg: DrafterTrainConfig, dit: DiT, ctx: DistributedContext,
     datasets = []
     per_rank = max(1, cfg.trajectories // ctx.world_size)
     fingerprint = dit.weights_fingerprint or "unknown"
+    in_dtype = "" if dit.pos_embed.dtype == torch.float32 else f"_{str(dit.pos_embed.dtype).removeprefix('torch.')}"
     for steps, scale, diffusion, seed in trajectory_sets(cfg, ctx.rank):
-        cache = out_dir / f"trajectories_{fingerprint}_cfg{scale:g}_steps{steps}_n{per_rank}_rank{ctx.rank}_seed{cfg.seed}.pt"
+        cache = out_dir / (f"trajectories_{fingerprint}{in_dtype}_cfg{scale:g}_steps{steps}_n{per_rank}_rank{ctx.rank}"
+                           f"_seed{cfg.seed}.pt")
         if cache.is_file():
             saved = torch.load(cache, map_location="cpu", weights_only=True)
             datasets.append(Trajectories(saved["states"], saved["features"], saved["labels"], scale, diffusion))
