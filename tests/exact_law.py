@@ -13,6 +13,14 @@ from typing import Callable
 
 import torch
 
+def accept_every_draft(monkeypatch) -> None:
+    """Negative control: the speculative round accepts every draft (no coupling), which is not the plain law."""
+    import free_core.engine.rounds as rounds
+
+    monkeypatch.setattr(rounds, "coupling_decisions",
+                        lambda x_draft, *args, **kwargs: torch.ones(x_draft.shape[0], dtype=torch.bool, device=x_draft.device))
+
+
 # One transition as a function of the state: (mean, std) for states x (n, ...).
 Transition = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-import free_core.engine.rounds as rounds
+from exact_law import accept_every_draft
 from free_core.engine.denoiser import GuidedDenoiser
 from free_core.engine.diffusion import GaussianDiffusion
 from free_core.engine.drafter_interface import FrozenDrafter
@@ -46,7 +46,7 @@ def test_two_sample_test_rejects_an_always_accept_coupling(dim, monkeypatch):
     """Negative control: without the coupling the drafts' law is wrong, and the same test sees it."""
     denoiser = _toy(dim, learn_sigma=False)
     baseline, _ = _run(sample_ancestral, denoiser, dim, seed=0)
-    monkeypatch.setattr(rounds, "maximal_coupling", lambda x_draft, *a, **k: (x_draft, torch.ones(x_draft.shape[0], dtype=torch.bool)))
+    accept_every_draft(monkeypatch)
     wrong, _ = _run(sample_speculative, denoiser, dim, seed=1, draft_length=6)
     _, p_value = energy_test(baseline, wrong)
     assert p_value < ALPHA

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 import free_core.engine.rounds as rounds
-from exact_law import exact_law_p_values, linear_gaussian_law
+from exact_law import accept_every_draft, exact_law_p_values, linear_gaussian_law
 from free_core.engine.denoiser import GuidedDenoiser
 from free_core.engine.diffusion import GaussianDiffusion
 from free_core.engine.drafter_interface import FrozenDrafter
@@ -144,16 +144,12 @@ def test_strict_sampler_has_the_exact_law(case):
     assert min(p_values.values()) > ALPHA, p_values
 
 
-def _always_accept(x_draft, *args, **kwargs):
-    return torch.ones(x_draft.shape[0], dtype=torch.bool, device=x_draft.device)
-
-
 def _fresh_draw_on_rejection(x_draft, mean_p, std_p, mean_q, std_q, generator=None, **kwargs):
     return mean_q + std_q * torch.randn(x_draft.shape, generator=generator, dtype=x_draft.dtype, device=x_draft.device)
 
 
-WRONG_COUPLINGS = {"always-accept": ("coupling_decisions", _always_accept),
-                   "fresh-draw-on-rejection": ("coupling_replacements", _fresh_draw_on_rejection)}
+WRONG_COUPLINGS = {"always-accept": accept_every_draft,
+                   "fresh-draw-on-rejection": lambda patch: patch.setattr(rounds, "coupling_replacements", _fresh_draw_on_rejection)}
 
 
 @pytest.mark.parametrize("wrong", WRONG_COUPLINGS)
@@ -161,7 +157,7 @@ WRONG_COUPLINGS = {"always-accept": ("coupling_decisions", _always_accept),
                                   "sigma-space-flow-const-several-rounds"])
 def test_wrong_couplings_fail_the_same_test(case, wrong, monkeypatch):
     """Negative controls: the test has the power to see a sampler that is only approximately right."""
-    monkeypatch.setattr(rounds, *WRONG_COUPLINGS[wrong])
+    WRONG_COUPLINGS[wrong](monkeypatch)
     samples, _, (mean, variance) = CASES[case]()
     p_values = exact_law_p_values(samples, mean, variance)
     assert min(p_values.values()) < ALPHA, p_values

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-import free_core.engine.rounds as rounds
+from exact_law import accept_every_draft
 from free_core.engine.k_diffusion_sampler import ancestral_step, sample_euler_ancestral, sample_free_euler_ancestral
 from free_core.evaluation.two_sample import energy_test
 from toy_models import MixtureSigmaDenoiser as MixtureDenoiser, karras_sigmas
@@ -36,7 +36,7 @@ def test_energy_test_rejects_an_always_accept_sigma_space_coupling(dim, monkeypa
     """Negative control: accepting every frozen draft has the wrong law, and the same test sees it."""
     model = MixtureDenoiser(dim)
     baseline, _ = _run(sample_euler_ancestral, model, dim, seed=0)
-    monkeypatch.setattr(rounds, "maximal_coupling", lambda x_draft, *a, **k: (x_draft, torch.ones(x_draft.shape[0], dtype=torch.bool)))
+    accept_every_draft(monkeypatch)
     wrong, _ = _run(sample_free_euler_ancestral, model, dim, seed=1, draft_length=6)
     _, p_value = energy_test(baseline, wrong)
     assert p_value < ALPHA

@@ -4,7 +4,7 @@ the same dtype, mode off is the plain sampler bit for bit, and a dtype torch can
 import pytest
 import torch
 
-import free_core.engine.rounds as rounds
+from exact_law import accept_every_draft
 import free_core.frontdoor.cli
 import free_core.models.model_specs as model_specs
 from free_core.engine.denoiser import GuidedDenoiser, model_dtype
@@ -66,7 +66,7 @@ def test_the_bfloat16_law_test_rejects_an_always_accept_coupling(monkeypatch):
     """Negative control: the same test, in the same dtype, sees a sampler that skips the coupling."""
     denoiser = _bf16_toy()
     baseline, _ = _samples(denoiser, seed=0, speculative=False)
-    monkeypatch.setattr(rounds, "maximal_coupling", lambda x_draft, *a, **k: (x_draft, torch.ones(x_draft.shape[0], dtype=torch.bool)))
+    accept_every_draft(monkeypatch)
     wrong, _ = _samples(denoiser, seed=1, speculative=True)
     _, p_value = energy_test(baseline, wrong)
     assert p_value < ALPHA

@@ -209,6 +209,42 @@ def run_cost_curve(model, config: BenchConfig, rows_max: int = 64) -> dict[int, 
                               repeats=max(3, config.repeats))
 
 
+@torch.no_grad()
+def run_round_costs(model, drafter, config: BenchConfig) -> dict[str, float]:
+    """Seconds of a speculative round's parts at batch 1 with CFG, next to one 2-row DiT forward (a plain step's):
+    one drafting pass as the round runs it (drafter, the DiT's head, guidance, transition and the space's
+    bookkeeping) and one coupling call (the accept decision, plus the residual draw a rejection makes)."""
+    from ..engine.coupling import coupling_decisions, coupling_replacements
+    from ..engine.cost import time_calls
+    from ..engine.speculative import DDPMSpace
+
+    steps = max(config.steps)
+    denoiser = GuidedDenoiser(model, GaussianDiffusion.respaced(steps), cfg_scale=config.cfg_scale)
+    device = next(model.parameters()).device
+    g = torch.Generator(device=device).manual_seed(config.seed)
+    x = initial_noise((1, model.in_channels, model.input_size, model.input_size), g, device=device)
+    labels = torch.zeros(1, dtype=torch.long, device=device)
+    one, progress = torch.arange(1), torch.tensor([steps // 2])
+    space = DDPMSpace(denoiser, drafter, labels)
+    space.begin_round(one)
+    mean_q, std_q = space.verify(x, progress, torch.zeros(1, dtype=torch.long))  # the history a draft reads
+    space.commit(torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long))
+    space.begin_round(one)
+    mean_p, std_p = space.draft(one, progress, x, x)
+    x_draft = mean_p + std_p * torch.randn(x.shape, generator=g, device=device)
+    repeats = max(5, 10 * config.repeats)
+    costs = {
+        "forward_2_rows_s": measure_batch_cost(denoiser, x, labels, [2], repeats=repeats)[2],
+        "drafting_pass_s": time_calls(lambda _: space.draft(one, progress, x, x), [1], device, repeats)[1],
+        "coupling_decision_s": time_calls(lambda _: coupling_decisions(x_draft, mean_p, std_p, mean_q, std_q, g), [1],
+                                          device, repeats)[1],
+        "coupling_replacement_s": time_calls(lambda _: coupling_replacements(x_draft, mean_p, std_p, mean_q, std_q, g),
+                                             [1], device, repeats)[1],
+    }
+    costs["coupling_call_s"] = costs["coupling_decision_s"] + costs["coupling_replacement_s"]
+    return costs
+
+
 def machine_description() -> str:
     return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
             f"{torch.get_num_threads()} threads, Python {platform.python_version()}")
@@ -221,6 +257,10 @@ def run_bench(config: BenchConfig, json_path: str | None = None, log=print) -> d
     started = time.perf_counter()
     if "cost" in config.sections:
         results["batch_cost_curve"] = {str(k): v for k, v in run_cost_curve(model, config).items()}
+        results["round_costs"] = run_round_costs(model, drafters["learned"], config)
+        forward = results["round_costs"]["forward_2_rows_s"]
+        log("round costs: " + ", ".join(f"{name[:-2].replace('_', ' ')} {seconds * 1e3:.3f} ms ({seconds / forward:.3f}x)"
+                                        for name, seconds in results["round_costs"].items()))
     if "speed" in config.sections:
         results["speed"] = run_speed(config, model, drafters, log)
     if "quality" in config.sections:
@@ -246,7 +286,7 @@ def merge_results(parts: list[dict]) -> dict:
                             for p in parts)
     merged: dict = {"machine": machine, "config": parts[0]["config"], "commands": [], "bench_time_s": 0.0}
     for part in parts:
-        for section in ("batch_cost_curve", "speed"):
+        for section in ("batch_cost_curve", "round_costs", "speed"):
             if section in part:
                 if section in merged:
                     raise ValueError(f"two bench results both have the {section!r} section; give each section once")

@@ -132,6 +132,7 @@ def write_report(results: dict, out_dir: str | Path) -> Path:
         lines += ["", "A round that verifies K+1 states costs cost(K+1) instead of K+1 sequential calls; the curve bounds "
                   "what any speculative sampler can gain on this machine.", "", "![batch cost](images/batch_cost.png)", ""]
         _plot_cost_curve(curve, images / "batch_cost.png")
+        lines += _round_cost_lines(results.get("round_costs"))
         if speed:
             from .projection import projected_speedup
 
@@ -176,6 +177,26 @@ def write_report(results: dict, out_dir: str | Path) -> Path:
     path = out_dir / "benchmarks.md"
     path.write_text("\n".join(lines))
     return path
+
+
+ROUND_COST_TARGETS = {"drafting_pass_s": 0.12, "coupling_call_s": 0.05}  # x a 2-row forward (issue 11)
+
+
+def _round_cost_lines(costs: dict | None) -> list[str]:
+    """The round's own costs against a plain step's forward (batch 1 with CFG: 2 rows)."""
+    if not costs:
+        return []
+    forward = costs["forward_2_rows_s"]
+    names = {"forward_2_rows_s": "one DiT forward, 2 rows (a plain step)", "drafting_pass_s": "one drafting pass",
+             "coupling_decision_s": "coupling: accept decision", "coupling_replacement_s": "coupling: residual draw",
+             "coupling_call_s": "one coupling call (decision + residual draw)"}
+    lines = ["### What a round costs besides its verification (batch 1, CFG)", "",
+             "| part | ms | x a 2-row forward | target |", "|---|---|---|---|"]
+    for key, label in names.items():
+        target = ROUND_COST_TARGETS.get(key)
+        verdict = "-" if target is None else f"<= {target:g}x: {'met' if costs[key] / forward <= target else 'missed'}"
+        lines.append(f"| {label} | {costs[key] * 1e3:.3f} | {costs[key] / forward:.3f}x | {verdict} |")
+    return lines + [""]
 
 
 def _pyplot():
