@@ -119,9 +119,9 @@ def test_quick_bench_writes_json_with_every_field(tmp_path):
     report = (tmp_path / "docs" / "benchmarks.md").read_text()
     assert "wall-clock speedup" in report and "GPU projection" in report and "## Targets" in report
     costs = results["round_costs"]
-    assert all(seconds > 0 for seconds in costs.values())
-    assert costs["coupling_call_s"] == costs["coupling_decision_s"] + costs["coupling_replacement_s"]
-    assert "| one drafting pass |" in report and "| one coupling call (decision + residual draw) |" in report
+    assert all(costs[name] > 0 for name in ("forward_2_rows_s", "drafting_pass_s", "coupling_call_s"))
+    assert 0 <= costs["coupling_rejection_rate"] <= 1
+    assert "| one drafting pass |" in report and "| one coupling call (decision; residual draw on the" in report
     assert ("relax", "learned", "4") in samplers  # relax at the fixed long K as well as adaptive
     assert (tmp_path / "docs" / "images" / "batch_cost.png").is_file()
 

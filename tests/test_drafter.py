@@ -73,3 +73,31 @@ def test_drafter_for_another_dit_is_refused_naming_both(tmp_path):
     other_width = _random_dit(seed=0, hidden_size=96)
     with pytest.raises(ValueError, match="width 64 .* width 96"):
         load_drafter(path, other_width)
+
+
+def test_a_drafting_pass_reads_the_dits_own_conditioning_and_patch_embedding_change():
+    """The sampler hands the drafter the conditioning from per-run tables, and the drafter takes the change of the
+    patch embedding as one linear map of the state change: both must equal what the DiT's own embedders give."""
+    from free_core.engine.denoiser import GuidedDenoiser
+    from free_core.engine.diffusion import GaussianDiffusion
+    from free_core.engine.speculative import sample_speculative
+    from free_core.models.free_drafter import patch_embedding_change
+
+    dit = _random_dit()
+    drafter = drafter_for(dit)
+    seen = []
+    propose = drafter.propose
+
+    def recording(model, context):
+        seen.append(context)
+        return propose(model, context)
+
+    drafter.propose = recording
+    denoiser = GuidedDenoiser(dit, GaussianDiffusion.respaced(8), cfg_scale=2.0)
+    x = torch.randn(3, dit.in_channels, dit.input_size, dit.input_size, generator=torch.Generator().manual_seed(0))
+    sample_speculative(denoiser, drafter, x, torch.tensor([1, 2, 3]), torch.Generator().manual_seed(1), draft_length=3)
+    assert seen
+    for context in seen:
+        torch.testing.assert_close(context.conditioning, dit.conditioning(context.t, context.y), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(patch_embedding_change(dit, context.x, context.previous_x),
+                                   dit.x_embedder(context.x) - dit.x_embedder(context.previous_x), rtol=1e-4, atol=1e-5)

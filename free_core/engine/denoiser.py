@@ -80,11 +80,15 @@ class GuidedDenoiser:
         t = self.diffusion.timestep_for(i)
         if self.branches == 1:
             return x, t, labels
-        null = torch.full_like(labels, self.model.null_class)
         x_rows = torch.stack([x, x], dim=1).flatten(0, 1)
         t_rows = torch.stack([t, t], dim=1).flatten(0, 1)
-        y_rows = torch.stack([labels, null], dim=1).flatten(0, 1)
-        return x_rows, t_rows, y_rows
+        return x_rows, t_rows, self.label_rows(labels)
+
+    def label_rows(self, labels: torch.Tensor) -> torch.Tensor:
+        """Labels (n,) to the label of each model row (n * branches,): (label, null class) per state with CFG."""
+        if self.branches == 1:
+            return labels
+        return torch.stack([labels, torch.full_like(labels, self.model.null_class)], dim=1).flatten(0, 1)
 
     def guided_output(self, output_rows: torch.Tensor) -> torch.Tensor:
         """Fold (n * branches, C', H, W) rows into (n, C', H, W): eps guided, variance from the cond row."""

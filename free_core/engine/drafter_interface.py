@@ -25,6 +25,7 @@ class DraftContext:
     t: torch.Tensor  # (R,) model timesteps of x
     y: torch.Tensor  # (R,) class labels (null class on unconditional rows)
     step: torch.Tensor  # (R,) respaced step indices of x
+    conditioning: torch.Tensor | None = None  # (R, D) the DiT's conditioning of (t, y) when the sampler has it at hand
 
 
 class Drafter(Protocol):

@@ -34,6 +34,12 @@ class DDPMSpace:
         self.history_length = drafter.history_length
         self.last_output: torch.Tensor | None = None  # (n, branches, C', H, W) verified output at each sample's last state
         self.history: torch.Tensor | None = None  # (n, branches, m, T, D) verified top-block features, oldest first
+        self.step_table = self.label_table = None  # the model's conditioning terms per step and per sample's rows
+        tables = getattr(denoiser.model, "conditioning_tables", None)
+        if tables is not None:
+            steps = torch.arange(self.total_steps, device=labels.device)
+            self.step_table, label_rows = tables(denoiser.diffusion.timestep_for(steps), denoiser.label_rows(labels))
+            self.label_table = label_rows.unflatten(0, (-1, self.rows_per_state))  # (n, branches, D)
 
     def step_label(self, progress: torch.Tensor) -> torch.Tensor:
         return self.total_steps - 1 - progress
@@ -51,11 +57,14 @@ class DDPMSpace:
         x_rows, t_rows, y_rows = denoiser.rows(state, i, self.labels[self.active[rows].to(device)])
         branches = denoiser.branches
         history = self.work_history if every_row or self.work_history is None else self.work_history[rows]
+        conditioning = None
+        if self.step_table is not None:  # (rows x branches, D), the order of the model rows
+            conditioning = (self.step_table[i].unsqueeze(1) + self.label_table[self.active[rows]]).flatten(0, 1)
         context = DraftContext(
             features=None if history is None else history.flatten(0, 1),
             output=(self.work_output if every_row else self.work_output[rows]).flatten(0, 1),
             x=x_rows, t=t_rows, y=y_rows, step=i.repeat_interleave(branches),
-            previous_x=previous.repeat_interleave(branches, dim=0),
+            previous_x=previous.repeat_interleave(branches, dim=0), conditioning=conditioning,
         )
         out_rows, feature_rows = self.drafter.propose(denoiser.model, context)
         if every_row:

@@ -188,9 +188,8 @@ def _round_cost_lines(costs: dict | None) -> list[str]:
         return []
     forward = costs["forward_2_rows_s"]
     names = {"forward_2_rows_s": "one DiT forward, 2 rows (a plain step)", "drafting_pass_s": "one drafting pass",
-             "coupling_decision_s": "coupling: accept decision", "coupling_replacement_s": "coupling: residual draw",
-             "coupling_call_s": "one coupling call (decision + residual draw)"}
-    lines = ["### What a round costs besides its verification (batch 1, CFG)", "",
+             "coupling_call_s": f"one coupling call (decision; residual draw on the {costs['coupling_rejection_rate']:.0%} rejected)"}
+    lines = ["### What a round costs besides its verification (batch 1, CFG, mid-schedule)", "",
              "| part | ms | x a 2-row forward | target |", "|---|---|---|---|"]
     for key, label in names.items():
         target = ROUND_COST_TARGETS.get(key)

@@ -237,6 +237,11 @@ class DiT(nn.Module):
     def conditioning(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self.t_embedder(t) + self.y_embedder(y)  # (N, D)
 
+    def conditioning_tables(self, t: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The two terms of `conditioning` for every timestep in t and every label in y, computed once so that a
+        sampler that drafts many times adds rows of them instead of re-running the embedders."""
+        return self.t_embedder(t), self.y_embedder(y)  # (len(t), D), (len(y), D)
+
     def features(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Top-block features: the last transformer block's output, (N, T, D)."""
         c = self.conditioning(t, y)  # (N, D)

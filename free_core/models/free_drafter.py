@@ -81,7 +81,7 @@ class FreeDrafter(nn.Module):
         return self.predict_features(dit, history, x, previous_x, t, y)
 
     def propose(self, model: DiT, context: DraftContext) -> tuple[torch.Tensor, torch.Tensor]:
-        c = model.conditioning(context.t, context.y)  # once for the drafter and the DiT's head
+        c = model.conditioning(context.t, context.y) if context.conditioning is None else context.conditioning
         features = self.predict_features(model, context.features, context.x, context.previous_x, context.t, context.y, c)
         return model.head(features, context.t, context.y, c).to(context.x.dtype), features  # states stay float32
 
