@@ -65,3 +65,18 @@ def test_adaptive_policy_prices_drafts_at_the_measured_drafting_pass():
     dear.start_run(2, flat, measure_draft=lambda: 5.0)
     assert cheap.draft_cost_s == 0.01 and dear.draft_cost_s == 5.0
     assert max(range(5), key=cheap.expected_rate) == 4 and max(range(5), key=dear.expected_rate) == 0
+
+
+def test_a_cached_curve_never_prices_more_rows_below_fewer(tmp_path, monkeypatch):
+    """Timing noise can make a larger batch look cheaper; the policy must not believe it (it would draft long on a
+    machine where that is slower), while the file keeps what was measured."""
+    import json
+
+    from free_core.engine.cost import disk_cached_curve
+
+    monkeypatch.setenv("FREE_COST_CACHE", str(tmp_path))
+    measured = {2: 0.020, 4: 0.015, 6: 0.030, 8: 0.025}
+    curve = disk_cached_curve({"kind": "test"}, lambda counts: {rows: measured[rows] for rows in counts}, [2, 4, 6, 8])
+    assert curve == {2: 0.020, 4: 0.020, 6: 0.030, 8: 0.030}
+    stored = json.loads(next(tmp_path.glob("*.json")).read_text())["curve"]
+    assert {int(rows): seconds for rows, seconds in stored.items()} == measured

@@ -16,6 +16,8 @@ import torch
 from .denoiser import GuidedDenoiser
 
 BatchCostCurve = dict[int, float]  # rows in one DiT forward -> seconds
+# Part of every cached curve's key: curves measured the older way (sizes one after another) are measured again.
+TIMING_METHOD = "interleaved medians after a warm-up"
 
 
 def interpolate_cost(curve: BatchCostCurve, rows: int) -> float:
@@ -37,26 +39,40 @@ def interpolate_cost(curve: BatchCostCurve, rows: int) -> float:
 
 def time_calls(call: Callable[[int], object], row_counts: list[int], device: torch.device | str = "cpu",
                repeats: int = 3) -> BatchCostCurve:
-    """Median seconds of `call(rows)` for each row count; the first call of each size warms caches and is dropped."""
-    curve: BatchCostCurve = {}
+    """Median seconds of `call(rows)` for each row count, over `repeats` passes through all the counts.
+
+    One untimed call at the largest count comes first (allocator growth and kernel choice happen once, not in the
+    first size timed), and the passes interleave the counts, so a slow spell of the machine lands on every count
+    alike instead of bending the curve.
+    """
+    counts = sorted(set(row_counts))
     on_cuda = torch.device(device).type == "cuda"
-    for rows in sorted(set(row_counts)):
-        times = []
-        for _ in range(repeats + 1):
+    times: dict[int, list[float]] = {rows: [] for rows in counts}
+    call(counts[-1])
+    for _ in range(repeats):
+        for rows in counts:
             if on_cuda:
                 torch.cuda.synchronize(device)
             started = time.perf_counter()
             call(rows)
             if on_cuda:
                 torch.cuda.synchronize(device)
-            times.append(time.perf_counter() - started)
-        curve[rows] = statistics.median(times[1:])
-    return curve
+            times[rows].append(time.perf_counter() - started)
+    return {rows: statistics.median(samples) for rows, samples in times.items()}
+
+
+def nondecreasing(curve: BatchCostCurve) -> BatchCostCurve:
+    """The curve with timing noise that makes more rows look cheaper than fewer removed (a running maximum)."""
+    result, highest = {}, 0.0
+    for rows in sorted(curve):
+        highest = max(highest, curve[rows])
+        result[rows] = highest
+    return result
 
 
 @torch.no_grad()
 def measure_batch_cost(denoiser: GuidedDenoiser, x: torch.Tensor, labels: torch.Tensor, row_counts: list[int],
-                       repeats: int = 3) -> dict[int, float]:
+                       repeats: int = 5) -> dict[int, float]:
     """Median seconds of one DiT forward (features + head) for each row count (rows = states x CFG branches)."""
     model = denoiser.model
     t_last = int(denoiser.diffusion.model_timesteps[-1])
@@ -94,7 +110,7 @@ def disk_cached_curve(key: dict, measure: Callable[[list[int]], BatchCostCurve],
     never depend on their own timings. Counts missing from the file are measured and added. `persist=False` keeps
     the curve in this process only (a key that names an object, not an architecture).
     """
-    full_key = json.dumps(key, sort_keys=True, default=str)
+    full_key = json.dumps({**key, "timing": TIMING_METHOD}, sort_keys=True, default=str)
     path = cost_cache_dir() / (hashlib.sha256(full_key.encode()).hexdigest()[:24] + ".json")
     if full_key in _measured or not persist:
         curve = _measured.get(full_key, {})
@@ -113,7 +129,8 @@ def disk_cached_curve(key: dict, measure: Callable[[list[int]], BatchCostCurve],
         partial.write_text(json.dumps({"key": full_key, "curve": {str(r): curve[r] for r in sorted(curve)}}, indent=1))
         partial.replace(path)
     _measured[full_key] = curve
-    return {rows: curve[rows] for rows in row_counts}
+    smooth = nondecreasing(curve)
+    return {rows: smooth[rows] for rows in row_counts}
 
 
 _measured: dict[str, BatchCostCurve] = {}

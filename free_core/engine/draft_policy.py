@@ -44,16 +44,25 @@ class AdaptiveDraftLength(DraftLengthPolicy):
     (K+1) x rows_per_round rows, read off a batch-cost curve, plus K drafting passes. K maximises the ratio.
     Only past rounds and the fixed cost curve enter the choice, so strict mode stays exact, and the choice
     is deterministic for a given curve.
+
+    Two guards keep it from being slower than plain steps where drafting does not pay: a K > 0 must promise at
+    least `margin` more steps per second than a plain step (the curve is a measurement, with noise), and after
+    plain-step rounds the acceptance estimate returns to the prior only slowly (`reprobe`), so drafting is
+    re-tried now and then as the schedule moves on, not every other round.
     """
 
     label = "adaptive"
 
     def __init__(self, max_length: int = 8, cost_curve: BatchCostCurve | None = None, draft_cost_ratio: float = 0.1,
-                 prior_acceptance: float = 0.8, smoothing: float = 0.5):
+                 prior_acceptance: float = 0.8, smoothing: float = 0.5, margin: float = 0.05, reprobe: float = 0.1):
         if max_length < 1:
             raise ValueError(f"max_length must be >= 1, got {max_length}")
-        if not 0 < smoothing <= 1:
-            raise ValueError(f"smoothing must lie in (0, 1], got {smoothing}")
+        for name, value in (("smoothing", smoothing), ("reprobe", reprobe)):
+            if not 0 < value <= 1:
+                raise ValueError(f"{name} must lie in (0, 1], got {value}")
+        if not margin >= 0:
+            raise ValueError(f"margin must be >= 0, got {margin}")
+        self.margin, self.reprobe = margin, reprobe
         # Without a measured drafting pass, one costs draft_cost_ratio x a one-state verification (a drafter is <= 5%
         # of the DiT in FLOPs, but on small batches kernel overheads dominate: 0.1 is what the embedded model measured
         # on CPU); a run that can measure it (start_run's measure_draft) uses the measured seconds instead.
@@ -104,7 +113,8 @@ class AdaptiveDraftLength(DraftLengthPolicy):
         drafted_before = self._seen_proposed
         self.observe(stats)
         if self._seen_proposed == drafted_before and stats.rounds > 1:
-            # Nothing drafted last round: drift back towards the prior, so that a phase of low acceptance
+            # Nothing drafted last round: drift slowly back towards the prior, so that a phase of low acceptance
             # does not switch drafting off for the rest of the run.
-            self.acceptance = (1 - self.smoothing) * self.acceptance + self.smoothing * self.prior_acceptance
-        return max(range(0, self.max_length + 1), key=self.expected_rate)
+            self.acceptance = (1 - self.reprobe) * self.acceptance + self.reprobe * self.prior_acceptance
+        best = max(range(1, self.max_length + 1), key=self.expected_rate)
+        return best if self.expected_rate(best) > (1 + self.margin) * self.expected_rate(0) else 0

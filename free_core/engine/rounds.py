@@ -108,28 +108,29 @@ def accept_prefix(
     `accepted_count`, updated in place, and `temperature_of`, relax mode's kappa; None in strict mode).
     Returns (new_state, stop): stop[b] is the position whose exact transition produced sample b's new state.
     """
-    new_state = torch.empty_like(states[0])
     stop = drafts.clone()
-    if draft_means:
-        position, sample = (torch.arange(len(draft_means))[:, None] < drafts[None]).nonzero(as_tuple=True)
-        x_draft = torch.stack(states[1:])[position, sample]
-        mean_p, std_p = torch.stack(draft_means)[position, sample], torch.stack(draft_stds)[position, sample]
-        q_rows = offsets[sample] + position
-        step_index = step_of(sample, position)
-        inverse_temperature = None if temperature_of is None else 1.0 / temperature_of(step_index)
-        accepted = coupling_decisions(x_draft, mean_p, std_p, mean_q[q_rows], std_q[q_rows], generator, inverse_temperature)
-        accepted, step_index = accepted.cpu(), step_index.cpu()
-        first_rejection = torch.full_like(drafts, len(draft_means)).scatter_reduce(
-            0, sample[~accepted], position[~accepted], reduce="amin")
-        stop = torch.minimum(drafts, first_rejection)
-        decided = position <= stop[sample]  # the drafts a one-at-a-time round would have tested
-        proposed += torch.bincount(step_index[decided], minlength=proposed.numel())
-        accepted_count += torch.bincount(step_index[decided & accepted], minlength=accepted_count.numel())
-        replaced = ((position == stop[sample]) & ~accepted).nonzero().flatten()
-        if replaced.numel():
-            new_state[sample[replaced]] = coupling_replacements(
-                x_draft[replaced], mean_p[replaced], std_p[replaced], mean_q[q_rows[replaced]], std_q[q_rows[replaced]],
-                generator)
+    if not draft_means:  # a round of plain steps: one verified row per sample, in sample order
+        return mean_q + std_q * step_noise(mean_q, generator), stop
+    new_state = torch.empty_like(states[0])
+    position, sample = (torch.arange(len(draft_means))[:, None] < drafts[None]).nonzero(as_tuple=True)
+    x_draft = torch.stack(states[1:])[position, sample]
+    mean_p, std_p = torch.stack(draft_means)[position, sample], torch.stack(draft_stds)[position, sample]
+    q_rows = offsets[sample] + position
+    step_index = step_of(sample, position)
+    inverse_temperature = None if temperature_of is None else 1.0 / temperature_of(step_index)
+    accepted = coupling_decisions(x_draft, mean_p, std_p, mean_q[q_rows], std_q[q_rows], generator, inverse_temperature)
+    accepted, step_index = accepted.cpu(), step_index.cpu()
+    first_rejection = torch.full_like(drafts, len(draft_means)).scatter_reduce(
+        0, sample[~accepted], position[~accepted], reduce="amin")
+    stop = torch.minimum(drafts, first_rejection)
+    decided = position <= stop[sample]  # the drafts a one-at-a-time round would have tested
+    proposed += torch.bincount(step_index[decided], minlength=proposed.numel())
+    accepted_count += torch.bincount(step_index[decided & accepted], minlength=accepted_count.numel())
+    replaced = ((position == stop[sample]) & ~accepted).nonzero().flatten()
+    if replaced.numel():
+        new_state[sample[replaced]] = coupling_replacements(
+            x_draft[replaced], mean_p[replaced], std_p[replaced], mean_q[q_rows[replaced]], std_q[q_rows[replaced]],
+            generator)
     bonus = (stop == drafts).nonzero().flatten()
     if bonus.numel():
         q_rows = offsets[bonus] + drafts[bonus]

@@ -93,14 +93,18 @@ class DDPMSpace:
         active, branches, device = self.active, self.denoiser.branches, self.output_rows.device
         chosen_rows = offsets + stop
         output_by_state = self.output_rows.unflatten(0, (-1, branches))
+        a_count = active.numel()
+        plain_step = output_by_state.shape[0] == a_count  # one state per sample verified: nothing was drafted
         if self.last_output is None:
             self.last_output = output_by_state.new_zeros((self.labels.shape[0], *output_by_state.shape[1:]))
-        self.last_output[active] = output_by_state[chosen_rows]
+        self.last_output[active] = output_by_state if plain_step else output_by_state[chosen_rows]
         m = self.history_length
         if not m:
             return
         features_by_state = self.feature_rows.unflatten(0, (-1, branches))  # (states, branches, T, D)
-        a_count = active.numel()
+        if plain_step and self.history is not None:  # the general update below, for stop = 0 everywhere
+            self.history[active] = torch.cat([self.history[active][:, :, 1:], features_by_state.unsqueeze(2)], dim=2)
+            return
         if self.history is None:  # first round (one state per sample): pad with the first verified features
             first = features_by_state[chosen_rows].unsqueeze(2).repeat(1, 1, m, 1, 1)
             self.history = first.new_zeros((self.labels.shape[0], *first.shape[1:])).index_copy_(0, active.to(device), first)
