@@ -16,7 +16,8 @@ def _stats_with(accepted: int, proposed: int) -> SamplingStats:
 def test_high_acceptance_and_cheap_batches_draft_long():
     policy = AdaptiveDraftLength(max_length=8, cost_curve={1: 1.0, 9: 1.2}, draft_cost_ratio=0.0, smoothing=1.0)
     policy.start_run(1)
-    assert policy.next_length(_stats_with(95, 100)) == 8
+    lengths = [policy.next_length(_stats_with(95, 100)) for _ in range(10)]
+    assert lengths == [1, 2, 3, 4, 5, 6, 7, 8, 8, 8]  # K rises by one a round (a probe starts short), up to the most
 
 
 def test_low_acceptance_or_linear_cost_fall_back_to_plain_steps():
@@ -28,7 +29,7 @@ def test_low_acceptance_or_linear_cost_fall_back_to_plain_steps():
     assert linear.next_length(_stats_with(80, 100)) == 0  # verification costs as much as sequential calls
     medium = AdaptiveDraftLength(max_length=8, cost_curve={1: 1.0, 9: 1.2}, draft_cost_ratio=0.0, smoothing=1.0)
     medium.start_run(1)
-    assert 1 <= medium.next_length(_stats_with(50, 100)) < 8
+    assert 1 <= [medium.next_length(_stats_with(50, 100)) for _ in range(10)][-1] < 8
 
 
 def test_policy_measures_its_curve_once_per_run_and_only_from_the_past():
@@ -36,8 +37,10 @@ def test_policy_measures_its_curve_once_per_run_and_only_from_the_past():
     policy = AdaptiveDraftLength(max_length=4)
     policy.start_run(2, lambda sizes: calls.append(sizes) or {s: 1.0 + 0.01 * s for s in sizes})
     assert calls == [[2, 4, 6, 8, 10]]
-    first = policy.next_length(_stats_with(0, 0))
-    assert first == policy.next_length(_stats_with(0, 0))  # nothing new observed: same choice
+    again = AdaptiveDraftLength(max_length=4)
+    again.start_run(2, lambda sizes: {s: 1.0 + 0.01 * s for s in sizes})
+    # The choices depend on the rounds seen (and the policy's own earlier choices) only: the same past, the same K.
+    assert [policy.next_length(_stats_with(0, 0)) for _ in range(3)] == [again.next_length(_stats_with(0, 0)) for _ in range(3)]
 
 
 @pytest.mark.parametrize("bad", [0, -1, 1.5, True])

@@ -45,8 +45,9 @@ class AdaptiveDraftLength(DraftLengthPolicy):
     Only past rounds and the fixed cost curve enter the choice, so strict mode stays exact, and the choice
     is deterministic for a given curve.
 
-    Two guards keep it from being slower than plain steps where drafting does not pay: a K > 0 must promise at
-    least `margin` more steps per second than a plain step (the curve is a measurement, with noise), and after
+    Three guards keep it from being slower than plain steps where drafting does not pay: a K > 0 must promise at
+    least `margin` more steps per second than a plain step (the curve is a measurement, with noise); K rises by
+    at most one a round towards the best K, so a probe of the prior's optimism costs one short round, not a long one; and after
     plain-step rounds the acceptance estimate returns to the prior only slowly (`reprobe`), so drafting is
     re-tried now and then as the schedule moves on, not every other round.
     """
@@ -54,7 +55,7 @@ class AdaptiveDraftLength(DraftLengthPolicy):
     label = "adaptive"
 
     def __init__(self, max_length: int = 8, cost_curve: BatchCostCurve | None = None, draft_cost_ratio: float = 0.1,
-                 prior_acceptance: float = 0.8, smoothing: float = 0.5, margin: float = 0.05, reprobe: float = 0.1):
+                 prior_acceptance: float = 0.8, smoothing: float = 0.5, margin: float = 0.1, reprobe: float = 0.1):
         if max_length < 1:
             raise ValueError(f"max_length must be >= 1, got {max_length}")
         for name, value in (("smoothing", smoothing), ("reprobe", reprobe)):
@@ -75,6 +76,7 @@ class AdaptiveDraftLength(DraftLengthPolicy):
     def _reset(self) -> None:
         self.acceptance = self.prior_acceptance
         self._seen_proposed = self._seen_accepted = 0
+        self._last_length = 0
 
     def start_run(self, rows_per_state: int, measure: Callable[[list[int]], dict[int, float]] | None = None,
                   measure_draft: Callable[[], float] | None = None) -> None:
@@ -117,4 +119,7 @@ class AdaptiveDraftLength(DraftLengthPolicy):
             # does not switch drafting off for the rest of the run.
             self.acceptance = (1 - self.reprobe) * self.acceptance + self.reprobe * self.prior_acceptance
         best = max(range(1, self.max_length + 1), key=self.expected_rate)
-        return best if self.expected_rate(best) > (1 + self.margin) * self.expected_rate(0) else 0
+        drafting_pays = self.expected_rate(best) > (1 + self.margin) * self.expected_rate(0)
+        # K rises by one a round at most, so a probe of the prior's optimism costs one short round, not a long one.
+        self._last_length = min(best, self._last_length + 1) if drafting_pays else 0
+        return self._last_length
