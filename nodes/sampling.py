@@ -17,7 +17,7 @@ import comfy.utils
 from ..free_core.engine.batch_conditioning import boundary_groups, refuse_row_dependent_conditioning, timestep_boundaries
 from ..free_core.models.checkpoints import EMBEDDED_CFG_SCALE
 from ..free_core.frontdoor.generate import generate
-from ..free_core.frontdoor.options import (DEFAULT_DRAFT_LENGTH, DEFAULT_RELAX_STRENGTH, DEFAULT_STEPS, DRAFT_POLICIES,
+from ..free_core.frontdoor.options import (DEFAULT_DRAFT_LENGTH, DEFAULT_DRAFT_POLICY, DEFAULT_RELAX_STRENGTH, DEFAULT_STEPS, DRAFT_POLICIES,
                                  MAX_DRAFT_LENGTH, MAX_STEPS, SAMPLER_MODES, SamplerOptions)
 from ..free_core.engine.k_diffusion_sampler import AncestralStep, sample_free_euler_ancestral
 from ..free_core.engine.stats import SamplingStats
@@ -29,7 +29,9 @@ DRAFT_INPUTS = {
     "mode": (list(SAMPLER_MODES), {"tooltip": MODE_TOOLTIP}),
     "draft_length": ("INT", {"default": DEFAULT_DRAFT_LENGTH, "min": 1, "max": MAX_DRAFT_LENGTH,
                              "tooltip": "K: transitions drafted per round (adaptive: the largest K tried)"}),
-    "draft_policy": (list(DRAFT_POLICIES), {"tooltip": "fixed K, or adaptive K from the acceptance so far"}),
+    "draft_policy": (list(DRAFT_POLICIES), {"default": DEFAULT_DRAFT_POLICY, "tooltip":
+                     "adaptive: each round's K (up to draft_length) from the acceptance so far and this device's measured "
+                     "cost, plain steps where drafting cannot pay; fixed: always draft_length"}),
     "relax_strength": ("FLOAT", {"default": DEFAULT_RELAX_STRENGTH, "min": 0.0, "max": 100.0, "step": 0.1,
                                  "tooltip": "relax mode only: how much to temper acceptance in the last steps"}),
 }

@@ -141,15 +141,15 @@ def test_cli_flags_node_widgets_and_bench_rows_build_the_same_sampler_options(mo
     row become equal SamplerOptions (the node's relax-strength widget always has a value; it counts in relax only)."""
     from free_core.evaluation.bench import BenchConfig, bench_options
     from free_core.frontdoor.cli import build_parser, sample_options
-    from free_core.frontdoor.options import ADAPTIVE_MAX_DRAFT_LENGTH, SamplerOptions
+    from free_core.frontdoor.options import DEFAULT_DRAFT_LENGTH, SamplerOptions
 
-    k = "adaptive" if policy == "adaptive" else str(ADAPTIVE_MAX_DRAFT_LENGTH)
+    k = "adaptive" if policy == "adaptive" else str(DEFAULT_DRAFT_LENGTH)
     flags = ["sample", "--mode", mode, "--steps", "40", "--cfg", "3.0", "--draft-length", k, "--seed", "5"] + (
         ["--relax-strength", str(strength)] if strength is not None else [])
     from_cli = sample_options(build_parser().parse_args(flags))
-    from_node = SamplerOptions.from_node_widgets(mode, ADAPTIVE_MAX_DRAFT_LENGTH, policy, 8.0 if strength is None else strength,
+    from_node = SamplerOptions.from_node_widgets(mode, DEFAULT_DRAFT_LENGTH, policy, 8.0 if strength is None else strength,
                                                  steps=40, cfg=3.0, seed=5)
-    bench_k = "adaptive" if policy == "adaptive" else ADAPTIVE_MAX_DRAFT_LENGTH
+    bench_k = "adaptive" if policy == "adaptive" else DEFAULT_DRAFT_LENGTH
     from_bench = bench_options(BenchConfig(cfg_scale=3.0, seed=5), 40, mode, bench_k, strength or 0.0)
     assert from_cli == from_node == from_bench
     assert from_cli.strength == (strength or 0.0)

@@ -66,7 +66,7 @@ def test_generate_is_deterministic_and_strict_saves_calls(micro):
 
 
 def test_draft_policy_option_gives_fixed_or_adaptive_k():
-    assert isinstance(SamplerOptions(draft_length=4).policy(), FixedDraftLength)
+    assert isinstance(SamplerOptions(draft_length=4, draft_policy="fixed").policy(), FixedDraftLength)
     adaptive = SamplerOptions(draft_length=5, draft_policy="adaptive").policy()
     assert isinstance(adaptive, AdaptiveDraftLength) and adaptive.max_length == 5
     with pytest.raises(OptionError, match="draft_policy"):

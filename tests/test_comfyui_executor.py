@@ -52,9 +52,11 @@ def test_every_shipped_workflow_runs_in_the_executor(report):
         for latent, stats in _outputs(result, "FREEKSampler"):
             assert latent["kind"] in ("latent", "tensor") and latent["finite"]  # the 2024 executor keeps the samples
             assert stats["kind"] == "stats" and stats["num_steps"] == 50
-            if stats["sampler"] == "free-strict":
+            if stats["sampler"] == "free-strict" and stats["draft_length"] != "adaptive":
                 assert stats["rounds"] < stats["num_steps"], f"{name}: strict FREE made no saving"
                 assert 0 < stats["acceptance_rate"] <= 1
+            if stats["draft_length"] == "adaptive":  # the default: plain steps where drafting cannot pay (a CPU)
+                assert stats["rounds"] <= stats["num_steps"]
             if stats["sampler"] == "ancestral":
                 assert stats["rounds"] == stats["num_steps"]
         for plot, summary in _outputs(result, "FREEStats"):

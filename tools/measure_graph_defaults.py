@@ -47,7 +47,7 @@ def relax(dit, drafter, label: int, seeds: int) -> None:
     for seed in range(seeds):
         for name, strength in runs:
             options = SamplerOptions(mode="relax" if strength else "strict", steps=50, cfg=2.0, seed=seed,
-                                     relax_strength=strength)
+                                     draft_length=6, draft_policy="fixed", relax_strength=strength)
             _, stats = generate(dit, drafter, labels, options)
             calls.setdefault(name, []).append(stats.sequential_dit_calls)
         print(f"seed {seed}: " + ", ".join(f"{name} {values[-1]}" for name, values in calls.items()), flush=True)
@@ -60,7 +60,7 @@ def adaptive(dit, drafter) -> None:
         labels = torch.arange(batch) % len(CLASS_NAMES)
         runs = {"baseline": SamplerOptions(mode="off", steps=steps),
                 "adaptive strict": SamplerOptions(steps=steps, draft_length=8, draft_policy="adaptive"),
-                "strict K=2": SamplerOptions(steps=steps, draft_length=2)}
+                "strict K=2": SamplerOptions(steps=steps, draft_length=2, draft_policy="fixed")}
         generate(dit, drafter, labels, runs["adaptive strict"])  # measures the curves once per machine
         times, calls = {name: [] for name in runs}, {}
         for _ in range(3):

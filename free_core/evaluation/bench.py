@@ -24,7 +24,7 @@ from ..engine.diffusion import GaussianDiffusion
 from ..engine.drafter_interface import FrozenDrafter
 from .metrics import load_classifier, quality_report, reference_features
 from ..models.model_specs import EMBEDDED, resolve_dit, resolve_drafter, resolve_dtype
-from ..frontdoor.options import ADAPTIVE_MAX_DRAFT_LENGTH, DEFAULT_DRAFT_LENGTH, SamplerOptions
+from ..frontdoor.options import DEFAULT_DRAFT_LENGTH, SamplerOptions
 from ..engine.sampling import initial_noise, sample_ancestral
 from ..engine.speculative import sample_speculative
 from ..engine.stats import SamplingStats
@@ -84,7 +84,7 @@ def bench_options(config: BenchConfig, steps: int, mode: str, draft_length: int 
     """A bench row's settings as the SamplerOptions a user would pass (the baseline: mode off)."""
     adaptive = draft_length == "adaptive"
     return SamplerOptions(mode=mode, steps=steps, cfg=config.cfg_scale,
-                          draft_length=ADAPTIVE_MAX_DRAFT_LENGTH if adaptive else int(draft_length or DEFAULT_DRAFT_LENGTH),
+                          draft_length=DEFAULT_DRAFT_LENGTH if adaptive else int(draft_length or DEFAULT_DRAFT_LENGTH),
                           draft_policy="adaptive" if adaptive else "fixed",
                           relax_strength=strength if mode == "relax" else None, seed=config.seed)
 

@@ -37,7 +37,7 @@ def measure(steps: int = 250, batch: int = 8, quality_samples: int = 500, seed: 
     x_T = initial_noise((batch, 3, model.input_size, model.input_size), g)
     labels = torch.arange(batch) % model.num_classes
     calls = {}
-    fixed = SamplerOptions(steps=steps, cfg=cfg_scale, draft_length=6, seed=seed)
+    fixed = SamplerOptions(steps=steps, cfg=cfg_scale, draft_length=6, draft_policy="fixed", seed=seed)
     adaptive = SamplerOptions(steps=steps, cfg=cfg_scale, draft_length=8, draft_policy="adaptive", seed=seed)
     for name, drafter, options in [("baseline", None, None), ("strict, frozen drafter, K=6", FrozenDrafter(), fixed),
                                    ("strict, learned drafter, K=6", learned, fixed),

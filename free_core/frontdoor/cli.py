@@ -21,7 +21,7 @@ from ..models.model_specs import (DIT_CHOICES, DRAFTER_CHOICES, DTYPES, check_di
                                   default_drafter, resolve_dit, resolve_drafter, resolve_dtype)
 from .demo_grid import save_labelled_grid
 from .generate import generate
-from .options import (ADAPTIVE_MAX_DRAFT_LENGTH, DEFAULT_DRAFT_LENGTH, DEFAULT_RELAX_STRENGTH, DEFAULT_STEPS, OptionError,
+from .options import (DEFAULT_DRAFT_LENGTH, DEFAULT_DRAFT_POLICY, DEFAULT_RELAX_STRENGTH, DEFAULT_STEPS, OptionError,
                       SamplerOptions)
 
 
@@ -284,11 +284,12 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--batch", type=int, default=8, help="samples per run (one per class, cycling through --labels)")
     sample.add_argument("--cfg", type=float, default=EMBEDDED_CFG_SCALE, help="classifier-free guidance scale (1 = off)")
     sample.add_argument("--variance", default=None, choices=VARIANCE_MODES, help="default: learned if the model learns sigma")
-    sample.add_argument("--draft-length", type=draft_length_arg, default=DEFAULT_DRAFT_LENGTH,
+    sample.add_argument("--draft-length", type=draft_length_arg,
+                        default="adaptive" if DEFAULT_DRAFT_POLICY == "adaptive" else DEFAULT_DRAFT_LENGTH,
                         help="K, the transitions drafted per round, or 'adaptive': each round's K from the acceptance "
                              "so far and the DiT's cost curve (measured once per machine, kept on disk, so the same "
-                             "seed gives the same samples)")
-    sample.add_argument("--max-draft-length", type=int, default=ADAPTIVE_MAX_DRAFT_LENGTH,
+                             "seed gives the same samples; plain steps where drafting cannot pay)")
+    sample.add_argument("--max-draft-length", type=int, default=DEFAULT_DRAFT_LENGTH,
                         help="with --draft-length adaptive: the largest K tried")
     sample.add_argument("--relax-strength", type=float, default=None,
                         help=f"relax (and compare) only: how much to temper acceptance in late steps (unset: "

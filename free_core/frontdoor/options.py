@@ -16,10 +16,10 @@ from ..engine.diffusion import VARIANCE_MODES
 from ..engine.draft_policy import AdaptiveDraftLength, DraftLengthPolicy, FixedDraftLength
 
 SAMPLER_MODES = ("strict", "relax", "off")
-DRAFT_POLICIES = ("fixed", "adaptive")
+DRAFT_POLICIES = ("adaptive", "fixed")
+DEFAULT_DRAFT_POLICY = "adaptive"  # never slower than plain steps where drafting cannot pay (docs/DESIGN.md)
 DEFAULT_STEPS = 50
-DEFAULT_DRAFT_LENGTH = 6
-ADAPTIVE_MAX_DRAFT_LENGTH = 8  # the largest K an adaptive run tries unless told otherwise
+DEFAULT_DRAFT_LENGTH = 8  # K with the fixed policy; the largest K the adaptive policy tries
 MAX_DRAFT_LENGTH = 64
 DEFAULT_RELAX_STRENGTH = 8.0  # docs/benchmarks.md measures 2, 8 and 32
 MAX_STEPS = 1000  # the DDPM's training timesteps: a respaced schedule cannot have more
@@ -46,7 +46,7 @@ class SamplerOptions:
     steps: int = DEFAULT_STEPS
     cfg: float = EMBEDDED_CFG_SCALE
     draft_length: int = DEFAULT_DRAFT_LENGTH
-    draft_policy: str = "fixed"
+    draft_policy: str = DEFAULT_DRAFT_POLICY
     relax_strength: float | None = None
     variance: str | None = None  # None: learned if the DiT learns sigma, else fixed_small
     seed: int = 0
@@ -64,7 +64,7 @@ class SamplerOptions:
         if not _is_int(self.draft_length) or not 1 <= self.draft_length <= MAX_DRAFT_LENGTH:
             refuse("draft_length", f"must be an integer from 1 to {MAX_DRAFT_LENGTH}", f"e.g. {DEFAULT_DRAFT_LENGTH}")
         if self.draft_policy not in DRAFT_POLICIES:
-            refuse("draft_policy", f"not one of {', '.join(DRAFT_POLICIES)}", "use fixed or adaptive")
+            refuse("draft_policy", f"not one of {', '.join(DRAFT_POLICIES)}", "use adaptive or fixed")
         if self.relax_strength is not None:
             if self.mode != "relax":
                 refuse("relax_strength", f"applies to mode relax only, and mode is {self.mode}",
