@@ -117,6 +117,8 @@ def test_resuming_with_other_settings_is_refused_in_one_line(tmp_path, capsys):
     assert "\n" not in line and line.startswith("python -m free_core sample-ddp: error: --out ")
     assert "batch 4 there, 5 now" in line and "same options" in line
     assert batch_path(parts_dir(out), 0).is_file()  # the refused run touched nothing
+    assert main([*RUN, "--dtype", "bfloat16", "--out", str(out)]) == 2  # another dtype draws other samples
+    assert "dtype 'float32' there, 'bfloat16' now" in capsys.readouterr().err
 
 
 BAD_INPUTS = [  # (arguments, words the one-line message must contain)

@@ -28,7 +28,8 @@ import torch
 import torch.distributed as dist
 
 from ..engine.stats import SamplingStats
-from ..models.model_specs import check_dit_spec, check_drafter_spec, default_drafter, resolve_dit, resolve_drafter
+from ..models.model_specs import (check_dit_spec, check_drafter_spec, default_drafter, resolve_dit, resolve_drafter,
+                                  resolve_dtype)
 from ..training.distributed import DistributedContext, setup_distributed, teardown_distributed
 from .generate import generate
 from .image_tensors import samples_to_images
@@ -176,6 +177,7 @@ def command_sample_ddp(args: argparse.Namespace) -> int:
     positive_int("--batch", args.batch, "32")
     requested_labels = parse_labels(args.labels)
     check_device(args.device)
+    resolve_dtype(args.dtype, args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     out = Path(args.out)
     if out.suffix != ".npz":
         raise OptionError(f"--out {args.out}: the evaluator reads an .npz file; e.g. --out samples.npz")
@@ -196,13 +198,13 @@ def _sample_and_assemble(args: argparse.Namespace, options: SamplerOptions, requ
                          drafter_spec: str, out: Path, ctx: DistributedContext) -> int:
     from .cli import labels_for
 
-    model = resolve_dit(args.model, ctx.device)
+    model = resolve_dit(args.model, ctx.device, dtype=resolve_dtype(args.dtype, ctx.device))
     if model.in_channels != 3:
         raise OptionError(f"--model {args.model}: a latent DiT ({model.in_channels} channels); sample-ddp writes RGB "
                           f"images and free_core has no VAE decoder; use a pixel-space DiT, or `sample` for latents")
     drafter = resolve_drafter(drafter_spec, model, ctx.device)
     all_labels = labels_for(requested_labels, args.num_samples, model.num_classes)
-    settings = {"model": args.model, "drafter": drafter_spec, "options": options.to_dict(), "batch": args.batch,
+    settings = {"model": args.model, "drafter": drafter_spec, "options": options.to_dict(), "dtype": args.dtype, "batch": args.batch,
                 "num_samples": args.num_samples, "labels": requested_labels, "device_type": ctx.device.type}
     parts = parts_dir(out)
     check_settings(parts, settings, out)
@@ -242,7 +244,7 @@ def _sample_and_assemble(args: argparse.Namespace, options: SamplerOptions, requ
 
 
 SHARED_WITH_SAMPLE = ("--model", "--drafter", "--steps", "--cfg", "--variance", "--draft-length", "--max-draft-length",
-                      "--relax-strength", "--labels", "--device", "--debug")
+                      "--relax-strength", "--labels", "--device", "--dtype", "--debug")
 
 
 def add_sample_ddp_parser(sub: argparse._SubParsersAction, sample: argparse.ArgumentParser,
