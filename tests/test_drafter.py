@@ -97,7 +97,8 @@ def test_a_drafting_pass_reads_the_dits_own_conditioning_and_patch_embedding_cha
     x = torch.randn(3, dit.in_channels, dit.input_size, dit.input_size, generator=torch.Generator().manual_seed(0))
     sample_speculative(denoiser, drafter, x, torch.tensor([1, 2, 3]), torch.Generator().manual_seed(1), draft_length=3)
     assert seen
-    for context in seen:
-        torch.testing.assert_close(context.conditioning, dit.conditioning(context.t, context.y), rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(patch_embedding_change(dit, context.x, context.previous_x),
-                                   dit.x_embedder(context.x) - dit.x_embedder(context.previous_x), rtol=1e-4, atol=1e-5)
+    with torch.no_grad():  # the contexts hold the sampler's inference tensors, which autograd cannot record
+        for context in seen:
+            torch.testing.assert_close(context.conditioning, dit.conditioning(context.t, context.y), rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(patch_embedding_change(dit, context.x, context.previous_x),
+                                       dit.x_embedder(context.x) - dit.x_embedder(context.previous_x), rtol=1e-4, atol=1e-5)

@@ -121,7 +121,7 @@ class DDPMSpace:
         return relax_temperature(self.denoiser.diffusion, step_label, strength).to(self.output_rows.device)
 
 
-@torch.no_grad()
+@torch.inference_mode()  # samples are never differentiated; cheaper per op than no_grad
 def sample_speculative(
     denoiser: GuidedDenoiser,
     drafter: Drafter,

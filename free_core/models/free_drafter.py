@@ -97,12 +97,13 @@ def patch_embedding_change(dit: DiT, x: torch.Tensor, previous_x: torch.Tensor) 
 
 
 def drafter_for(dit: DiT, history_length: int = 2, hidden: int | None = None) -> FreeDrafter:
-    """A fresh drafter sized for `dit` (hidden = D/2 by default)."""
+    """A fresh drafter sized for `dit` (hidden = D/2 by default), on its device and in its dtype."""
     config = DrafterConfig(width=dit.hidden_size, tokens=dit.num_tokens, hidden=hidden or dit.hidden_size // 2,
                            history_length=history_length)
     drafter = FreeDrafter(config)
     drafter.dit_fingerprint = dit.weights_fingerprint
-    return drafter.to(next(dit.parameters()).device)
+    weights = next(dit.parameters())
+    return drafter.to(weights.device, weights.dtype)  # runs in the DiT's dtype, as a loaded drafter does
 
 
 def save_drafter(path: str | Path, drafter: FreeDrafter, trained_for: str, train_steps: int = 0,

@@ -306,6 +306,8 @@ class Runner:
         prompt = self.convert(self._workflow("free_embedded"))
         sampler_id = next(k for k, v in prompt.items() if v["class_type"] == "FREEKSampler")
         steps = prompt[sampler_id]["inputs"]["steps"]
+        # Fixed K, so that rounds draft on any machine (adaptive K takes plain steps where drafting cannot pay).
+        prompt[sampler_id]["inputs"].update(draft_policy="fixed", draft_length=6)
         self.progress.clear()
         first = self.execute(prompt)
         progress = [p for p in self.progress if p[1] == steps]
