@@ -243,7 +243,7 @@ TEXT_PREVIEW = "$$node-text-preview"  # the current frontend's widget for a node
 def test_template_list_has_each_workflow_once_and_the_template_shows_its_savings_on_the_canvas(server):
     """Current ComfyUI only (templates of custom nodes and progress text are 2025 features): the pack's templates are
     listed once each, under their titles; opening one from the template dialog and running it shows the calls saved
-    and the wall clock on FREE KSampler and FREE Stats, in the page (not only in the console)."""
+    (or why none were) and the wall clock on FREE KSampler and FREE Stats, in the page (not only in the console)."""
     if not server.tree.is_current:
         pytest.skip("the 2024 ComfyUI has no template list for custom nodes and no progress text")
     chromium, sync_playwright = _browser()
@@ -289,5 +289,7 @@ def test_template_list_has_each_workflow_once_and_the_template_shows_its_savings
             browser.close()
     assert loaded == "free_embedded"
     assert visible, f"the savings text is not visible on the canvas: {texts}"
-    assert "x fewer)" in texts["FREEKSampler"] and ("x faster than" in texts["FREEKSampler"]) != (
-        "x slower than" in texts["FREEKSampler"]), texts
+    sampler = texts["FREEKSampler"]
+    # The calls saved, or (adaptive K, the default, where drafting cannot pay: this CPU at 50 steps) why none were.
+    assert ("x fewer)" in sampler) != ("adaptive K: no gain on this device" in sampler), texts
+    assert ("x faster than" in sampler) != ("x slower than" in sampler), texts
