@@ -106,6 +106,9 @@ def test_stats_canvas_text_says_calls_and_the_wall_clock_direction_in_words():
     assert adaptive.canvas_text().splitlines()[-1] == "adaptive K: no gain on this device, plain steps"
     adaptive.draft_lengths[3] = 2
     assert "no gain" not in adaptive.canvas_text()
+    adaptive.calibration_s = 13.2  # a first run on a machine measures its costs before sampling, outside the wall clock
+    assert adaptive.canvas_text().splitlines()[-1] == "+ 13.2 s measuring this device first (once)"
+    assert "13.2 s measuring this device's costs (once per machine)" in adaptive.summary()
     assert run(12).canvas_text().splitlines() == ["12 DiT calls for 12 steps", "0.00 s"]
     assert run(1).progress_line() == "free-euler-ancestral-strict: 1 DiT call so far"
     assert run(3, 4, 1).progress_line() == "free-euler-ancestral-strict: 3 DiT calls so far, acceptance 0.25"

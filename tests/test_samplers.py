@@ -91,3 +91,22 @@ def test_nan_model_output_is_a_clear_error(denoiser):
     x, labels, g = _inputs()
     with pytest.raises(ValueError, match="model_output contains NaN"):
         sample_speculative(broken, FrozenDrafter(), x, labels, g)
+
+
+def test_measuring_the_device_before_sampling_is_reported_apart_from_the_wall_clock(denoiser):
+    """An adaptive run's first use of a machine measures its costs; that time is the statistics' calibration_s,
+    not part of wall_time_s, which the canvas compares with plain steps."""
+    import time
+
+    from free_core.engine.draft_policy import AdaptiveDraftLength
+
+    class SlowToMeasure(AdaptiveDraftLength):
+        def start_run(self, *args, **kwargs):
+            time.sleep(0.3)
+            super().start_run(*args, **kwargs)
+
+    x, labels, g = _inputs()
+    started = time.perf_counter()
+    _, stats = sample_speculative(denoiser, FrozenDrafter(), x, labels, g, draft_length=SlowToMeasure(max_length=2))
+    elapsed = time.perf_counter() - started
+    assert stats.calibration_s >= 0.3 and stats.wall_time_s <= elapsed - 0.3

@@ -241,6 +241,8 @@ def sample_free_euler_ancestral(
                                  [n])[n]
 
     policy.start_run(n, measure, measure_draft)  # an adaptive K reads the model's cost curve, measured once per machine
+    stats.calibration_s = time.perf_counter() - started  # measuring the device's costs: once per machine, not sampling
+    started += stats.calibration_s
 
     def after_round(x_now: torch.Tensor, progress: torch.Tensor, stats_now: SamplingStats) -> None:
         if on_round is not None:

