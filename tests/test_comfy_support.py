@@ -146,3 +146,20 @@ def test_fit_drafter_trains_a_dit_made_under_inference_mode():
     with torch.inference_mode():  # as ComfyUI runs nodes
         _, losses = fit_drafter(model, cfg)
     assert len(losses) == 1
+
+
+def test_the_plain_estimate_counts_the_progress_callback_a_plain_sampler_makes_every_step():
+    """A UI's callback (progress bar, previews) runs once per round for FREE and once per step for a plain sampler; the
+    wall clock comparison must charge it to both."""
+    import time
+
+    from free_core.engine.stats import SamplingStats, timed_callback
+
+    stats = SamplingStats("free-strict", 12, 1)
+    callback = timed_callback(lambda info: time.sleep(0.02), stats)
+    for _ in range(3):
+        callback({})
+    assert stats.callback_s >= 0.02
+    stats.plain_step_s = 0.1
+    assert stats.plain_wall_estimate_s() == pytest.approx(12 * (0.1 + stats.callback_s))
+    assert timed_callback(None, stats) is None

@@ -34,7 +34,7 @@ from .cost import cached_black_box_cost, disk_cached_curve, machine_key, time_ca
 from .draft_policy import DraftLengthPolicy
 from .rounds import check_options, run_rounds
 from .sampling import step_noise
-from .stats import SamplingStats
+from .stats import SamplingStats, timed_callback
 
 Model = Callable[..., torch.Tensor]
 Callback = Callable[[dict[str, Any]], None]
@@ -225,6 +225,7 @@ def sample_free_euler_ancestral(
     n, total_steps = x.shape[0], len(sigmas) - 1
     sigmas = sigmas.to(x.device)
     stats = SamplingStats(f"free-euler-ancestral-{mode}", total_steps, n, draft_length=policy.label)
+    callback = timed_callback(callback, stats)
     space = SigmaSpace(model, sigmas, extra_args, step, x, row_groups, cfg_branches)
 
     def call(rows: int) -> None:

@@ -20,7 +20,7 @@ from .drafter_interface import DraftContext, Drafter
 from .relax import relax_temperature
 from .rounds import check_options, run_rounds
 from .sampling import Callback, check_sampler_inputs
-from .stats import SamplingStats
+from .stats import SamplingStats, timed_callback
 
 Mode = Literal["strict", "relax"]
 
@@ -139,6 +139,7 @@ def sample_speculative(
     started = time.perf_counter()
     n, total_steps = x.shape[0], denoiser.num_steps
     stats = SamplingStats(f"free-{mode}", total_steps, n, draft_length=policy.label)
+    callback = timed_callback(callback, stats)
     policy.start_run(n * denoiser.branches, lambda sizes: cached_batch_cost(denoiser, x, labels, sizes),
                      lambda: cached_draft_cost(denoiser, drafter, x, labels))
     stats.calibration_s = time.perf_counter() - started  # measuring the device's costs: once per machine, not sampling

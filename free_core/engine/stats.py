@@ -2,10 +2,30 @@
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import torch
+
+
+def timed_callback(callback: Callable[[Any], None] | None, stats: "SamplingStats") -> Callable[[Any], None] | None:
+    """`callback`, keeping the mean time of its calls in `stats.callback_s` (a plain sampler pays it every step)."""
+    if callback is None:
+        return None
+    calls, spent = 0, 0.0
+
+    def timed(info: Any) -> None:
+        nonlocal calls, spent
+        started = time.perf_counter()
+        try:
+            callback(info)
+        finally:
+            calls, spent = calls + 1, spent + time.perf_counter() - started
+            stats.callback_s = spent / calls
+
+    return timed
 
 
 CALIBRATION_WORTH_SAYING_S = 0.5  # shorter one-time measurements are not worth a line on the canvas
@@ -38,6 +58,7 @@ class SamplingStats:
     plain_step_s: float | None = None  # measured cost of one plain step's DiT call at this batch (speculative runs)
     chunk_rows: int | None = None  # rows per model call once a batch did not fit in memory (None: never split)
     calibration_s: float = 0.0  # before sampling, measuring this device's costs for adaptive K (once per machine)
+    callback_s: float = 0.0  # mean time of one progress callback (a UI's progress bar, previews), which runs per round
 
     def __post_init__(self) -> None:
         if not self.proposed_per_step:
@@ -79,8 +100,9 @@ class SamplingStats:
         return self.num_steps / self.sequential_dit_calls if self.sequential_dit_calls else 0.0
 
     def plain_wall_estimate_s(self) -> float | None:
-        """What the plain sampler would take for these steps: steps x the measured cost of one plain step."""
-        return self.num_steps * self.plain_step_s if self.plain_step_s else None
+        """What the plain sampler would take for these steps: steps x (the measured cost of one plain step + one progress
+        callback, which a plain sampler makes every step)."""
+        return self.num_steps * (self.plain_step_s + self.callback_s) if self.plain_step_s else None
 
     def wall_clock_words(self) -> str | None:
         """The wall clock against the plain sampler's estimate, with its direction in words."""
@@ -141,6 +163,7 @@ class SamplingStats:
             "plain_step_s": self.plain_step_s,
             "chunk_rows": self.chunk_rows,
             "calibration_s": self.calibration_s,
+            "callback_s": self.callback_s,
         }
 
     def summary(self) -> str:
