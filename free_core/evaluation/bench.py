@@ -1,8 +1,8 @@
 """`python -m free_core bench`: baseline vs FREE strict / relax vs the frozen drafter, side by side in one run.
 
 Every ratio is against the baseline measured in the same run, on the same noise and labels. Wall clock is the
-median of `repeats` runs; peak memory is the process's peak resident set during a run (Linux: VmHWM, reset
-through /proc/self/clear_refs before each run). Quality (FD, class accuracy) uses the shipped classifier.
+median of `repeats` runs, taken in passes through all the variants after an untimed one; peak memory is the
+process's peak resident set during a run (Linux: VmHWM, reset through /proc/self/clear_refs before each run). Quality (FD, class accuracy) uses the shipped classifier.
 """
 
 from __future__ import annotations
@@ -112,14 +112,17 @@ def run_speed(config: BenchConfig, model, drafters: dict, log) -> list[dict]:
             # Relax at a fixed long K shows how far loosening acceptance cuts calls; adaptive K what it buys in wall clock.
             variants += [("relax", "learned", config.relax_draft_length, "relax", s) for s in config.relax_strengths]
             variants += [("relax", "learned", "adaptive", "relax", s) for s in config.relax_strengths]
-            # One untimed run at this shape first: the first forwards of a new batch shape pay for allocator
-            # growth and kernel selection, which would otherwise be charged to the baseline.
-            sample_ancestral(denoiser, x_T, labels, torch.Generator(device).manual_seed(config.seed + 1))
-            baseline_time = None
+            # One untimed run of every variant at this shape first: the first forwards of a new batch shape pay for
+            # allocator growth and kernel selection, and an adaptive variant may measure the device's cost curve.
+            # Then the repeats go round the variants in turn, so a slow spell of the machine lands on all of them
+            # alike instead of on whichever variant was running (identical plain runs here vary by 15-25%).
+            runs = []
             for name, drafter_name, draft_length, mode, strength in variants:
                 options = bench_options(config, steps, "off" if drafter_name is None else mode, draft_length, strength)
-                times, stats, peak = [], None, None
-                for repeat in range(config.repeats):
+                runs.append({"variant": (name, drafter_name, draft_length, strength), "options": options, "times": []})
+            for repeat in range(config.repeats + 1):
+                for run in runs:
+                    drafter_name, options = run["variant"][1], run["options"]
                     generator = torch.Generator(device).manual_seed(config.seed + 1)
                     _reset_peak_memory()
                     _synchronize(device)
@@ -131,22 +134,25 @@ def run_speed(config: BenchConfig, model, drafters: dict, log) -> list[dict]:
                                                       draft_length=options.policy(), mode=options.mode,
                                                       relax_strength=options.strength)
                     _synchronize(device)
-                    times.append(time.perf_counter() - started)
-                    peak = _peak_memory_mb()
+                    if repeat:  # the first pass is the untimed warm-up
+                        run["times"].append(time.perf_counter() - started)
+                    run["stats"], run["peak"] = stats, _peak_memory_mb()
+            baseline_time = statistics.median(runs[0]["times"])
+            for run in runs:
+                (name, drafter_name, draft_length, strength), stats, times = run["variant"], run["stats"], run["times"]
                 wall = statistics.median(times)
-                baseline_time = wall if drafter_name is None else baseline_time
                 row = {
                     "steps": steps, "batch": batch, "sampler": name, "drafter": drafter_name or "-",
                     "draft_length": draft_length or "-", "relax_strength": strength,
                     "sequential_dit_calls": stats.sequential_dit_calls, "call_reduction": stats.call_reduction(),
                     "dit_states": stats.dit_states, "acceptance": stats.acceptance_rate,
                     "mean_advance": stats.mean_advance, "wall_time_s": wall, "wall_times_s": times,
-                    "wall_clock_speedup": baseline_time / wall, "peak_memory_mb": peak,
+                    "wall_clock_speedup": baseline_time / wall, "peak_memory_mb": run["peak"],
                     "acceptance_per_step": stats.acceptance_per_step,
                     "proposed_per_step": stats.proposed_per_step, "accepted_per_step": stats.accepted_per_step,
                     "advance_histogram": {str(k): v for k, v in sorted(stats.advance_histogram.items())},
                     "draft_lengths_chosen": stats.draft_lengths, "states_per_round": stats.states_per_round,
-                    "options": options.to_dict(),
+                    "options": run["options"].to_dict(),
                 }
                 rows.append(row)
                 log(f"steps={steps} batch={batch} {name:8s} {row['drafter']:7s} K={row['draft_length']!s:8s} "
