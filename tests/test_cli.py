@@ -186,3 +186,13 @@ def test_adaptive_draft_length_gives_the_same_image_in_two_processes_from_the_cu
         curve_file.write_text(json.dumps({**stored, "curve": curve}))
         chosen[name] = run(name)["draft_lengths"][1:]  # the first round has nothing to draft from
     assert set(chosen["steep"]) == {0} and max(chosen["flat"]) > 1, chosen
+
+
+def test_the_summary_says_when_adaptive_k_took_plain_steps():
+    from free_core.frontdoor.cli import comparison_text
+
+    row = {"num_steps": 50, "sequential_dit_calls": 50, "call_reduction": 1.0, "wall_clock_speedup": 1.0,
+           "draft_length": "adaptive", "draft_lengths": [0] * 50}
+    assert "took plain steps; --draft-length 4" in comparison_text({"strict": row}, ("strict",), 3)
+    drafted = {**row, "draft_lengths": [0, 2] + [0] * 48}
+    assert "took plain steps" not in comparison_text({"strict": drafted}, ("strict",), 3)

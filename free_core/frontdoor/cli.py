@@ -163,6 +163,9 @@ def comparison_text(report: dict, runs: tuple[str, ...], repeats: int) -> str:
         lines.append(f"{RUN_TITLES[run]}: {row['sequential_dit_calls']} sequential DiT calls instead of {steps} "
                      f"({row['call_reduction']:.2f}x fewer); wall clock {clock} than the baseline on this machine "
                      f"({timing})")
+    if any(report[run]["draft_length"] == "adaptive" and not any(report[run]["draft_lengths"]) for run in runs):
+        lines.append("Adaptive K (the default) found that drafting cannot gain on this device at these settings and took "
+                     "plain steps; --draft-length 4 shows the calls that drafting saves.")
     lines.append("Why the clock can lose: a FREE round verifies K+1 states in one batched DiT call, which costs about "
                  "K+1 plain steps where the DiT's cost grows with its rows (a CPU); a GPU runs them in parallel "
                  "(docs/benchmarks.md).")
