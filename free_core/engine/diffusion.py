@@ -35,19 +35,30 @@ def spaced_timesteps(num_train_steps: int, num_steps: int) -> list[int]:
     return sorted({int(round(k * frac_stride)) for k in range(num_steps)})
 
 
-def _learned_sigma_channels(model_output: torch.Tensor, x_t: torch.Tensor) -> int:
-    channels = x_t.shape[1]
-    if model_output.shape[1] != 2 * channels:
-        raise ValueError(
-            f"variance='learned' needs a learned-sigma output with {2 * channels} channels, got "
-            f"{model_output.shape[1]}; use variance='fixed_small' for this model"
-        )
-    return channels
+def _log_variance(model_output: torch.Tensor, x_t: torch.Tensor, variance: VarianceMode, log_betas: torch.Tensor,
+                  log_variance_clipped: torch.Tensor, fixed_large: torch.Tensor) -> torch.Tensor:
+    """The reverse step's log variance from the per-step numbers (shaped to broadcast); `learned` interpolates DiT's
+    learned range."""
+    if variance == "learned":
+        channels = x_t.shape[1]
+        if model_output.shape[1] != 2 * channels:
+            raise ValueError(
+                f"variance='learned' needs a learned-sigma output with {2 * channels} channels, got "
+                f"{model_output.shape[1]}; use variance='fixed_small' for this model"
+            )
+        frac = (model_output[:, channels:] + 1) / 2
+        return frac * log_betas + (1 - frac) * log_variance_clipped
+    if variance == "fixed_small":
+        return log_variance_clipped.expand_as(x_t)
+    if variance == "fixed_large":
+        return fixed_large.expand_as(x_t)
+    raise ValueError(f"variance must be one of {VARIANCE_MODES}, got {variance!r}")
 
 
-# The numbers `transition` reads per step, in the order of its table (then the fixed-large variance, then i != 0).
+# The numbers `transition` reads per step, in the order of its table (whose last column is i != 0).
 _TRANSITION_COEFFICIENTS = ("sqrt_recip_alphas_cumprod", "sqrt_recipm1_alphas_cumprod", "posterior_mean_coef1",
-                            "posterior_mean_coef2", "log_betas", "posterior_log_variance_clipped")
+                            "posterior_mean_coef2", "log_betas", "posterior_log_variance_clipped",
+                            "fixed_large_log_variance")
 
 
 class GaussianDiffusion:
@@ -110,8 +121,8 @@ class GaussianDiffusion:
         dtype (each float64 value rounded to `like`'s dtype, as a per-name gather would), shaped to broadcast."""
         key = (like.device, like.dtype)
         if key not in self._transition_tables:
-            names = [*_TRANSITION_COEFFICIENTS, "fixed_large_log_variance"]
-            columns = [self.tables[name] for name in names] + [torch.from_numpy(np.arange(self.num_steps) != 0).double()]
+            columns = [self.tables[name] for name in _TRANSITION_COEFFICIENTS]
+            columns.append(torch.from_numpy(np.arange(self.num_steps) != 0).double())
             self._transition_tables[key] = torch.stack(columns, dim=1).to(like.device, like.dtype)
         rows = self._transition_tables[key][i.to(like.device)]  # (n, 8)
         return list(rows.reshape(-1, rows.shape[1], *([1] * (like.ndim - 1))).unbind(1))
@@ -127,15 +138,8 @@ class GaussianDiffusion:
 
     def log_variance(self, model_output: torch.Tensor, x_t: torch.Tensor, i: torch.Tensor, variance: VarianceMode) -> torch.Tensor:
         """Log variance of the reverse step; `learned` interpolates DiT's learned range."""
-        if variance == "learned":
-            channels = _learned_sigma_channels(model_output, x_t)
-            frac = (model_output[:, channels:] + 1) / 2
-            return frac * self._gather("log_betas", i, x_t) + (1 - frac) * self._gather("posterior_log_variance_clipped", i, x_t)
-        if variance == "fixed_small":
-            return self._gather("posterior_log_variance_clipped", i, x_t).expand_as(x_t)
-        if variance == "fixed_large":
-            return self._gather("fixed_large_log_variance", i, x_t).expand_as(x_t)
-        raise ValueError(f"variance must be one of {VARIANCE_MODES}, got {variance!r}")
+        _, _, _, _, log_betas, log_variance_clipped, fixed_large, _ = self._transition_coefficients(i, x_t)
+        return _log_variance(model_output, x_t, variance, log_betas, log_variance_clipped, fixed_large)
 
     def transition(
         self,
@@ -165,14 +169,7 @@ class GaussianDiffusion:
         if clip_denoised:
             x0 = x0.clamp(-1, 1)
         mean = coef1 * x0 + coef2 * x_t
-        if variance == "learned":
-            _learned_sigma_channels(model_output, x_t)
-            frac = (model_output[:, channels:] + 1) / 2
-            log_variance = frac * log_betas + (1 - frac) * log_variance_clipped
-        elif variance in ("fixed_small", "fixed_large"):
-            log_variance = (log_variance_clipped if variance == "fixed_small" else fixed_large).expand_as(x_t)
-        else:
-            raise ValueError(f"variance must be one of {VARIANCE_MODES}, got {variance!r}")
+        log_variance = _log_variance(model_output, x_t, variance, log_betas, log_variance_clipped, fixed_large)
         std = torch.exp(0.5 * log_variance) * not_last  # the final step (i = 0) has no noise
         return mean, std
 
