@@ -144,7 +144,7 @@ def read_drafter_metadata(path: str | Path) -> dict[str, str]:
 
 
 def load_drafter(path: str | Path, dit: DiT, device: str | torch.device = "cpu") -> FreeDrafter:
-    """Load a drafter, refusing one trained for another DiT (width, tokens or weights fingerprint)."""
+    """Load a drafter in `dit`'s dtype, refusing one trained for another DiT (width, tokens or weights fingerprint)."""
     path = Path(path)
     metadata = read_drafter_metadata(path)
     config = DrafterConfig(**json.loads(metadata["config"]))
@@ -166,4 +166,4 @@ def load_drafter(path: str | Path, dit: DiT, device: str | torch.device = "cpu")
     drafter = FreeDrafter(config)
     drafter.load_state_dict(load_file(str(path)))
     drafter.dit_fingerprint = metadata.get("dit_fingerprint", "")
-    return drafter.to(device).eval()
+    return drafter.to(device, dit.pos_embed.dtype).eval()  # runs in the DiT's dtype

@@ -88,8 +88,7 @@ def resolve_drafter(spec: str, dit: DiT, device: str | torch.device = "cpu", opt
     if spec == FROZEN:
         return FrozenDrafter()
     try:
-        drafter = load_drafter(EMBEDDED_DRAFTER if spec == EMBEDDED else spec, dit, device=device)
-        return drafter.to(dtype=dit.pos_embed.dtype)
+        return load_drafter(EMBEDDED_DRAFTER if spec == EMBEDDED else spec, dit, device=device)
     except (OSError, ValueError) as error:
         raise OptionError(f"{option} {spec}: {_one_line(error)}") from error
 
