@@ -157,3 +157,83 @@ class FirstRowSwitch:
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, **extra_args) -> torch.Tensor:
         return (self.early if sigma[0] >= self.boundary else self.late)(x, sigma, **extra_args)
+
+
+class ToyFlowDiT(nn.Module):
+    """A tiny rectified-flow DiT with the layout the top-block tap expects: patch embedding, blocks (token mixing
+    + MLP, adaLN on the sigma and a per-row conditioning vector), a per-token final layer (norm + adaLN + linear),
+    unpatchify. Predicts the velocity v; ComfyUI's CONST sampling makes denoised = x - sigma v."""
+
+    def __init__(self, channels: int = 2, size: int = 4, patch: int = 2, width: int = 16, depth: int = 2,
+                 condition_width: int = 4, seed: int = 0):
+        super().__init__()
+        self.channels, self.size, self.patch_size, self.width = channels, size, patch, width
+        tokens = (size // patch) ** 2
+        self.embed = nn.Linear(channels * patch * patch, width)
+        self.positions = nn.Parameter(torch.zeros(tokens, width))
+        self.condition = nn.Linear(condition_width + 1, width)
+        self.blocks = nn.ModuleList(nn.ModuleDict({"mix": nn.Linear(tokens, tokens), "mlp": nn.Linear(width, width),
+                                                   "modulation": nn.Linear(width, 2 * width)}) for _ in range(depth))
+        self.final_layer = ToyFinalLayer(width, channels * patch * patch)
+        generator = torch.Generator().manual_seed(seed)
+        for parameter in self.parameters():
+            parameter.data = torch.randn(parameter.shape, generator=generator) * 0.3
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+        from einops import rearrange
+        p = self.patch_size
+        tokens = self.embed(rearrange(x, "b c (h p) (w q) -> b (h w) (c p q)", p=p, q=p)) + self.positions
+        vector = torch.nn.functional.silu(self.condition(torch.cat([condition, sigma[:, None].to(x)], dim=1)))
+        for block in self.blocks:
+            shift, scale = block["modulation"](vector).chunk(2, dim=1)
+            mixed = tokens + block["mix"](tokens.transpose(1, 2)).transpose(1, 2)
+            tokens = mixed + torch.tanh(block["mlp"](mixed * (1 + scale[:, None]) + shift[:, None]))
+        out = self.final_layer(tokens, vector)
+        side = self.size // p
+        return rearrange(out, "b (h w) (c p q) -> b c (h p) (w q)", h=side, w=side, p=p, q=p)
+
+
+class ToyFinalLayer(nn.Module):
+    def __init__(self, width: int, outputs: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(width, elementwise_affine=False)
+        self.modulation = nn.Linear(width, 2 * width)
+        self.linear = nn.Linear(width, outputs)
+
+    def forward(self, tokens: torch.Tensor, vector: torch.Tensor) -> torch.Tensor:
+        shift, scale = self.modulation(vector).chunk(2, dim=1)
+        return self.linear(self.norm(tokens) * (1 + scale[:, None]) + shift[:, None])
+
+
+class GuidedToyFlow:
+    """A guided flow denoiser over ToyFlowDiT, as ComfyUI's CFG calls it: cond and uncond rows in one model call
+    (cond_scale != 1), one conditioning vector per branch; denoised = x - sigma v."""
+
+    def __init__(self, model: ToyFlowDiT, cond_scale: float = 2.0, seed: int = 1):
+        self.model, self.cond_scale = model, cond_scale
+        generator = torch.Generator().manual_seed(seed)
+        width = model.condition.in_features - 1
+        self.cond, self.uncond = torch.randn(2, width, generator=generator)
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, **extra_args) -> torch.Tensor:
+        n = x.shape[0]
+        xf = x.float()
+        if self.cond_scale == 1:
+            v = self.model(xf, sigma.float(), self.cond.expand(n, -1))
+        else:
+            both = self.model(torch.cat([xf, xf]), torch.cat([sigma, sigma]).float(),
+                              torch.cat([self.cond.expand(n, -1), self.uncond.expand(n, -1)]))
+            cond, uncond = both.chunk(2)
+            v = uncond + self.cond_scale * (cond - uncond)
+        return (xf - sigma.float().reshape(-1, 1, 1, 1) * v).to(x.dtype)
+
+
+def toy_tap(model: ToyFlowDiT, cond_scale: float = 2.0):
+    """(guided denoiser, TappedModel, TappedModelIdentity) of a ToyFlowDiT."""
+    from free_core.engine.tapped_model import ModuleTap
+    from free_core.models.token_drafter import TappedModelIdentity, final_layer_fingerprint
+
+    denoise = GuidedToyFlow(model, cond_scale)
+    identity = TappedModelIdentity("tests.ToyFlowDiT", final_layer_fingerprint(model.final_layer), model.width,
+                                   (model.patch_size, model.patch_size))
+    return denoise, ModuleTap(denoise, model.final_layer, [(model, "blocks")]), identity

@@ -203,8 +203,14 @@ def sample_free_euler_ancestral(
     cfg_branches: int = 1,
     on_round: Callable[[SamplingStats], None] | None = None,
     measure_plain_step: bool = False,
+    drafter: Any = None,
+    tapped: Any = None,
 ) -> torch.Tensor:
-    """Speculative Euler-ancestral: frozen drafts, one batched verification call per round, maximal coupling.
+    """Speculative Euler-ancestral: one batched verification call per round, maximal coupling.
+
+    Drafts are frozen (the last verified `denoised`), or, given a `drafter` (a TokenDrafter) and `tapped` (the
+    model as a TappedModel), learned: features drafted and replayed through the model's tail
+    (`engine.tapped_sigma_space`). Either way strict mode has the law of `sample_euler_ancestral`.
 
     `callback` gets k-diffusion's dict after each round with `i` = the last step every sample has
     committed, so a progress bar advances by the steps actually committed. `cost_key` names the model for the
@@ -226,7 +232,13 @@ def sample_free_euler_ancestral(
     sigmas = sigmas.to(x.device)
     stats = SamplingStats(f"free-euler-ancestral-{mode}", total_steps, n, draft_length=policy.label)
     callback = timed_callback(callback, stats)
-    space = SigmaSpace(model, sigmas, extra_args, step, x, row_groups, cfg_branches)
+    if (drafter is None) != (tapped is None):
+        raise ValueError("a learned drafter needs the tapped model and the tapped model a drafter: give both or neither")
+    if drafter is None:
+        space = SigmaSpace(model, sigmas, extra_args, step, x, row_groups, cfg_branches)
+    else:
+        from .tapped_sigma_space import TappedSigmaSpace, drafting_pass
+        space = TappedSigmaSpace(model, tapped, drafter, sigmas, extra_args, step, x, row_groups, cfg_branches)
 
     def call(rows: int) -> None:
         model(x[:1].expand(rows, *x.shape[1:]).clone(), sigmas[:1].expand(rows).to(x), **extra_args)
@@ -235,12 +247,17 @@ def sample_free_euler_ancestral(
         key = [f"object {id(model)}" if cost_key is None else cost_key, str(x.dtype), list(x.shape[1:]), cfg_branches]
         return cached_black_box_cost(key, call, row_counts, x.device, persist=cost_key is not None)
 
-    def measure_draft() -> float:  # a frozen draft is the transition itself, from the last denoised
+    def measure_draft() -> float:  # a frozen draft is the transition itself; a learned one adds the tail replay
         sigma, sigma_next = sigmas[:1].expand(n), sigmas[1:2].expand(n)
         key = {"kind": "sigma drafting pass", "flow": step.flow, "dtype": str(x.dtype), "shape": list(x.shape),
                **machine_key(x.device)}
-        return disk_cached_curve(key, lambda counts: time_calls(lambda _: step(x, x, sigma, sigma_next), counts, x.device),
-                                 [n])[n]
+        if drafter is None:
+            return disk_cached_curve(key, lambda counts: time_calls(lambda _: step(x, x, sigma, sigma_next), counts,
+                                                                    x.device), [n])[n]
+        key.update(drafter=repr(drafter.config), model=f"object {id(model)}" if cost_key is None else cost_key)
+        one_pass = drafting_pass(tapped, drafter, x, sigmas[:1].expand(n).to(x), extra_args)
+        return disk_cached_curve(key, lambda counts: time_calls(lambda _: step(x, one_pass(), sigma, sigma_next), counts,
+                                                                x.device), [n], persist=cost_key is not None)[n]
 
     policy.start_run(n, measure, measure_draft)  # an adaptive K reads the model's cost curve, measured once per machine
     stats.calibration_s = time.perf_counter() - started  # measuring the device's costs: once per machine, not sampling

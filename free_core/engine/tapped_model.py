@@ -56,6 +56,16 @@ class TappedModel(Protocol):
         """The denoised output at (x, sigma) from the given top-block features: the final layer and tail only."""
         ...
 
+    def replay_with(self, substitute: Substitute, x: torch.Tensor, sigma: torch.Tensor, **extra: Any) -> torch.Tensor:
+        """The denoised output at (x, sigma), the final layer fed `substitute(call)` in each diffusion-model call,
+        where `call` holds what the emptied model hands the final layer (the modulation at this sigma)."""
+        ...
+
+
+# What a replay feeds the final layer in one call: a function of that call's inputs (the features seen are the
+# model's embedding of x with no block run; the modulation is the model's own at this sigma and conditioning).
+Substitute = Callable[[TopBlockCall], torch.Tensor]
+
 
 class ModuleTap:
     """A TappedModel from a guided denoiser callable, its final layer and the block lists a replay empties."""
@@ -72,10 +82,15 @@ class ModuleTap:
 
     def replay(self, features: TopBlockFeatures, x: torch.Tensor, sigma: torch.Tensor, **extra: Any) -> torch.Tensor:
         """The denoised output at (x, sigma) from the given top-block features: the final layer and tail only."""
-        with replaying(self.final_layer, self.block_lists, features) as made:
+        with replaying(self.final_layer, self.block_lists, given_features(features)) as made:
             denoised = self.denoise(x, sigma, **extra)
         check_replayed(made, features)
         return denoised
+
+    def replay_with(self, substitute: Substitute, x: torch.Tensor, sigma: torch.Tensor, **extra: Any) -> torch.Tensor:
+        """The denoised output at (x, sigma), the final layer fed `substitute(call)` in each diffusion-model call."""
+        with replaying(self.final_layer, self.block_lists, substitute):
+            return self.denoise(x, sigma, **extra)
 
 
 @contextmanager
@@ -94,25 +109,35 @@ def capturing(final_layer: nn.Module) -> Iterator[list[TopBlockCall]]:
         handle.remove()
 
 
-@contextmanager
-def replaying(final_layer: nn.Module, block_lists: Sequence[tuple[nn.Module, str]], features: TopBlockFeatures
-              ) -> Iterator[list[int]]:
-    """Run the model without its blocks, the final layer fed `features` call by call; yields the calls made so far.
+def given_features(features: TopBlockFeatures) -> Substitute:
+    """A Substitute that feeds tapped (or drafted) features back call by call, refusing a mismatched evaluation."""
+    made = 0
 
-    The caller checks, after the evaluation, that it made as many calls as `features` holds (`check_replayed`).
-    """
+    def substitute(call: TopBlockCall) -> torch.Tensor:
+        nonlocal made
+        if made >= len(features.calls):
+            raise RuntimeError(f"the replayed evaluation called the model more than the {len(features.calls)} times it was tapped")
+        given = features.calls[made].features
+        if call.features.shape != given.shape:
+            raise RuntimeError(f"replay call {made}: the model's final layer takes {tuple(call.features.shape)}, "
+                               f"the features are {tuple(given.shape)}; replay on the batch and conditioning that were tapped")
+        made += 1
+        return given
+
+    return substitute
+
+
+@contextmanager
+def replaying(final_layer: nn.Module, block_lists: Sequence[tuple[nn.Module, str]], substitute: Substitute
+              ) -> Iterator[list[int]]:
+    """Run the model without its blocks, the final layer fed `substitute(call)` call by call; yields the calls made
+    so far. A caller replaying tapped features checks afterwards that it made as many calls (`check_replayed`)."""
     made: list[int] = []
 
-    def substitute(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-        index = len(made)
-        if index >= len(features.calls):
-            raise RuntimeError(f"the replayed evaluation called the model more than the {len(features.calls)} times it was tapped")
-        given = features.calls[index].features
-        seen = args[0] if args else next(iter(kwargs.values()))
-        if seen.shape != given.shape:
-            raise RuntimeError(f"replay call {index}: the model's final layer takes {tuple(seen.shape)}, "
-                               f"the features are {tuple(given.shape)}; replay on the batch and conditioning that were tapped")
-        made.append(index)
+    def feed(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        seen, modulation = _split_inputs(module, args, kwargs)
+        given = substitute(TopBlockCall(seen, modulation))
+        made.append(len(made))
         given = given.to(device=seen.device, dtype=seen.dtype)
         if args:
             return (given, *args[1:]), kwargs
@@ -120,7 +145,7 @@ def replaying(final_layer: nn.Module, block_lists: Sequence[tuple[nn.Module, str
         return args, {**kwargs, first: given}
 
     originals = [(owner, name, getattr(owner, name)) for owner, name in block_lists]
-    handle = final_layer.register_forward_pre_hook(substitute, with_kwargs=True)
+    handle = final_layer.register_forward_pre_hook(feed, with_kwargs=True)
     try:
         for owner, name, _ in originals:
             setattr(owner, name, nn.ModuleList())

@@ -1,0 +1,160 @@
+"""Sigma-space transitions drafted by a learned token drafter on a tapped model (Flux, SD3, Wan, ... or the FREE DiT).
+
+The frozen SigmaSpace reuses the last verified `denoised`. This space keeps, per sample, the top-block features
+of the last `m` states its chain moved through, and drafts the output at a state by running the model's tail
+(its final layer and everything after the blocks; `engine.tapped_model`) with the drafter's features. The
+drafter runs inside the final layer's pre-hook, so it reads the modulation the model itself computes at the
+drafted state's sigma and conditioning. Verification taps the features of every verified state in the same call
+that gives their `denoised`. Transitions, coupling and the round are SigmaSpace's and `engine.rounds`', so strict
+mode keeps exactly the law of Euler-ancestral whatever the drafter proposes.
+
+One model evaluation of R states may call the diffusion model several times (guidance batches cond and uncond in
+one call, or in several): call c holds m_c x R rows, m_c consecutive chunks of R rows in state order. The chunks
+of all calls, in call order, are a state's "slots" (its guidance branches): features by state are (R, S, T, D).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from .k_diffusion_sampler import AncestralStep, Model, SigmaSpace
+from .tapped_model import TappedModel, TopBlockCall, TopBlockFeatures
+from ..models.token_drafter import TokenDrafter, latent_patches
+
+
+def slots_by_state(features: TopBlockFeatures, states: int) -> torch.Tensor:
+    """(states, S, T, D): every call's rows split into chunks of `states` rows, the chunks of all calls in order."""
+    chunks = []
+    for index, call in enumerate(features.calls):
+        rows = call.features.shape[0]
+        if rows % states:
+            raise RuntimeError(f"diffusion-model call {index} had {rows} rows for {states} states: FREE's learned drafter "
+                               "needs whole guidance branches per call; use frozen drafts with this conditioning")
+        chunks.append(call.features.unflatten(0, (rows // states, states)))
+    widths = {chunk.shape[2:] for chunk in chunks}
+    if len(widths) != 1:
+        raise RuntimeError(f"the diffusion-model calls gave top-block features of shapes {sorted(map(tuple, widths))}; "
+                           "FREE's learned drafter needs one token layout per evaluation")
+    return torch.cat(chunks).transpose(0, 1)
+
+
+def modulation_vector(call: TopBlockCall, drafter_name: str = "FREE's learned drafter") -> torch.Tensor:
+    """(rows, D_mod): the final layer's conditioning vector of each row; per-token modulation is refused."""
+    if not call.modulation:
+        raise RuntimeError(f"the model's final layer gets no conditioning tensor, which {drafter_name} reads")
+    modulation = call.modulation[0]
+    tokens = call.features.shape[1]
+    if modulation.dim() >= 3 and modulation.shape[1] == tokens and tokens > 1:
+        raise RuntimeError(f"the model modulates each token with its own timestep (e.g. Wan 2.2 5B, LTXV); {drafter_name} "
+                           "conditions on one vector per row: use frozen drafts with this model")
+    return modulation.flatten(1)
+
+
+class TappedSigmaSpace(SigmaSpace):
+    """SigmaSpace whose drafts come from a TokenDrafter over the tapped model's top-block features."""
+
+    def __init__(self, model: Model, tapped: TappedModel, drafter: TokenDrafter, sigmas: torch.Tensor, extra_args: dict,
+                 step: AncestralStep, x: torch.Tensor, row_groups: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 cfg_branches: int = 1):
+        super().__init__(model, sigmas, extra_args, step, x, row_groups, cfg_branches)
+        self.tapped, self.drafter = tapped, drafter
+        self.patch_size = tuple(drafter.identity.patch_size)
+        self.history: torch.Tensor | None = None  # (n, m, S, T, D) features of each chain's last m states, oldest first
+
+    def begin_round(self, active: torch.Tensor) -> None:
+        super().begin_round(active)
+        if self.history is not None:  # a work copy: this round's drafts are appended to it
+            self.work_history = self.history[active]
+
+    def draft(self, rows, progress, state, previous):
+        progress = progress.to(self.sigmas.device)
+        every_row = rows.numel() == self.active.numel()
+        history = self.work_history if every_row else self.work_history[rows]  # (R, m, S, T, D)
+        state_patches = latent_patches(state - previous, self.patch_size)  # (R, P, C prod(patch))
+        drafted: list[torch.Tensor] = []
+
+        def substitute(call: TopBlockCall) -> torch.Tensor:
+            chunks = call.features.shape[0] // state.shape[0]
+            first = sum(piece.shape[0] for piece in drafted)
+            slot_history = history[:, :, first:first + chunks]  # (R, m, chunks, T, D)
+            if slot_history.shape[2] != chunks or chunks * state.shape[0] != call.features.shape[0]:
+                raise RuntimeError(f"a drafting call had {call.features.shape[0]} rows for {state.shape[0]} states and "
+                                   f"{history.shape[2]} verified branches; the model must evaluate guidance alike in both")
+            features = self.drafter(slot_history.permute(2, 0, 1, 3, 4).flatten(0, 1),  # (chunks R, m, T, D)
+                                    state_patches.repeat(chunks, 1, 1), modulation_vector(call))
+            drafted.append(features.unflatten(0, (chunks, -1)))
+            return features
+
+        sigma = self.sigmas[progress]
+        denoised = self.tapped.replay_with(substitute, state, sigma.to(state), **self.extra_args)
+        new = torch.cat(drafted).transpose(0, 1).unsqueeze(1).to(history.dtype)  # (R, 1, S, T, D)
+        shifted = torch.cat([history[:, 1:], new], dim=1)
+        if every_row:
+            self.work_history = shifted
+        else:
+            self.work_history[rows] = shifted
+        return self.step(state, denoised, sigma, self.sigmas[progress + 1])
+
+    def verify(self, states, progress, sample):
+        self.verified_pieces: list[torch.Tensor] = []  # features by state of each call_model, in call order
+        transition = super().verify(states, progress, sample)
+        features = torch.cat(self.verified_pieces)
+        if self.row_groups is not None:  # SigmaSpace verified each group of rows apart, groups in sorted order
+            groups = self.row_groups(self.sigmas[progress.to(self.sigmas.device)])
+            order = torch.cat([(groups == group).nonzero().flatten() for group in groups.unique()])
+            features = torch.empty_like(features).index_copy_(0, order.to(features.device), features)
+        self.verified_features = features  # (states, S, T, D) in verification row order
+        return transition
+
+    def call_model(self, states: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """The model's denoised output on `states`, keeping their top-block features by state."""
+        def call(start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+            denoised, features = self.tapped.features(states[start:stop], sigma[start:stop].to(states), **self.extra_args)
+            return denoised, slots_by_state(features, stop - start)
+
+        denoised, features = self.chunks(call, states.shape[0])
+        self.verified_pieces.append(features)
+        return denoised
+
+    def commit(self, offsets: torch.Tensor, stop: torch.Tensor) -> None:
+        super().commit(offsets, stop)
+        self.history = advance_history(self.history, self.active, self.verified_features, offsets, stop,
+                                       self.drafter.history_length, samples=self.last_denoised.shape[0])
+
+
+def advance_history(history: torch.Tensor | None, active: torch.Tensor, by_state: torch.Tensor, offsets: torch.Tensor,
+                    stop: torch.Tensor, m: int, samples: int) -> torch.Tensor:
+    """The feature history (n, m, ...) after a round: for active sample a, the last m verified states its chain moved
+    through (rows offsets[a] .. offsets[a] + stop[a] of `by_state`), older entries from its previous history.
+
+    The first round (no history yet) pads with the first verified features, so the drafter's difference is zero.
+    """
+    chosen = offsets + stop
+    if history is None:
+        first = by_state[chosen].unsqueeze(1).repeat_interleave(m, dim=1)  # (A, m, ...)
+        history = first.new_zeros((samples, *first.shape[1:]))
+        history[active] = first
+        return history
+    back = stop[:, None] - (m - 1) + torch.arange(m, device=stop.device)[None]  # (A, m) positions in this round
+    from_round = by_state[(offsets[:, None] + back.clamp(min=0)).flatten()].unflatten(0, back.shape)
+    old = history[active]
+    from_old = old[torch.arange(active.numel(), device=old.device)[:, None], (m + back).clamp(max=m - 1)]
+    keep_round = (back >= 0).reshape(*back.shape, *([1] * (from_round.dim() - 2))).to(from_round.device)
+    history[active] = torch.where(keep_round, from_round, from_old.to(from_round.dtype))
+    return history
+
+
+def drafting_pass(tapped: TappedModel, drafter: TokenDrafter, x: torch.Tensor, sigma: torch.Tensor, extra_args: dict
+                  ) -> Callable[[], torch.Tensor]:
+    """One learned drafting pass over the rows of `x` (the tail replay with the drafter in it), for timing: the
+    history is the seen features repeated, which costs what a real one does."""
+    patches = latent_patches(torch.zeros_like(x), tuple(drafter.identity.patch_size))
+
+    def substitute(call: TopBlockCall) -> torch.Tensor:
+        chunks = call.features.shape[0] // x.shape[0]
+        history = call.features.unsqueeze(1).expand(-1, drafter.history_length, -1, -1)
+        return drafter(history, patches.repeat(chunks, 1, 1), modulation_vector(call))
+
+    return lambda: tapped.replay_with(substitute, x, sigma, **extra_args)

@@ -1,0 +1,140 @@
+"""FREE with a learned token drafter on a tapped model (engine/tapped_sigma_space.py), on a tiny flow DiT.
+
+Strict mode must keep exactly the law of plain (rectified-flow) Euler-ancestral whatever the drafter proposes,
+with guidance in the batch (two feature slots per state); recording is the plain sampler itself; a drafter
+trained on recorded trajectories beats frozen drafts on held-out seeds; a drafter for another model is refused.
+"""
+
+import pytest
+import torch
+
+from exact_law import accept_every_draft
+from free_core.engine.k_diffusion_sampler import AncestralStep, sample_euler_ancestral, sample_free_euler_ancestral
+from free_core.engine.tapped_model import TopBlockCall
+from free_core.engine.tapped_sigma_space import modulation_vector
+from free_core.evaluation.two_sample import energy_test
+from free_core.models.token_drafter import (TappedModelIdentity, latent_patches, load_token_drafter, save_token_drafter,
+                                            token_drafter_for)
+from free_core.training.train_tapped_drafter import (TappedDrafterTrainConfig, load_recordings, record_trajectories,
+                                                     save_recording, train_tapped_drafter)
+from toy_models import ToyFlowDiT, flow_sigmas, toy_tap
+
+FLOW = AncestralStep(flow=True)
+ALPHA = 0.01
+
+
+@pytest.fixture(scope="module")
+def toy():
+    model = ToyFlowDiT()
+    denoise, tapped, identity = toy_tap(model)
+    return model, denoise, tapped, identity
+
+
+def _perturbed_drafter(identity, seed: int = 0, scale: float = 0.05):
+    """A drafter whose drafts move away from 'copy the last features': some accepted, some not."""
+    with torch.random.fork_rng():  # nn.Linear initialises from the global generator
+        torch.manual_seed(seed)
+        drafter = token_drafter_for(identity, modulation_width=identity.width, channels=2)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in drafter.parameters():
+            parameter.add_(torch.randn(parameter.shape, generator=generator) * scale)
+    return drafter
+
+
+def _noise(n: int, seed: int) -> torch.Tensor:
+    return torch.randn(n, 2, 4, 4, generator=torch.Generator().manual_seed(seed))
+
+
+def _free(denoise, tapped, drafter, x, seed, **options):
+    sink = []
+    out = sample_free_euler_ancestral(denoise, x, flow_sigmas(12), {"seed": seed}, step=FLOW, stats_sink=sink,
+                                      drafter=drafter, tapped=tapped, **options)
+    return out, sink[0]
+
+
+def test_strict_with_a_learned_drafter_has_the_plain_flow_euler_ancestral_law(toy):
+    _, denoise, tapped, identity = toy
+    baseline = sample_euler_ancestral(denoise, _noise(2000, 1), flow_sigmas(12), {"seed": 0}, step=FLOW)
+    free, stats = _free(denoise, tapped, _perturbed_drafter(identity), _noise(2000, 2), seed=1, draft_length=4)
+    assert 0.2 < stats.acceptance_rate < 0.9, "the drafter must be imperfect so that both coupling paths run"
+    assert stats.mean_advance > 1.3
+    _, p_value = energy_test(baseline, free)
+    assert p_value > ALPHA
+
+
+def test_energy_test_rejects_always_accepting_the_learned_drafts(toy, monkeypatch):
+    """Negative control: the same drafts accepted without the coupling have another law, and the test sees it."""
+    _, denoise, tapped, identity = toy
+    baseline = sample_euler_ancestral(denoise, _noise(2000, 1), flow_sigmas(12), {"seed": 0}, step=FLOW)
+    accept_every_draft(monkeypatch)
+    wrong, _ = _free(denoise, tapped, _perturbed_drafter(identity), _noise(2000, 2), seed=1, draft_length=4)
+    _, p_value = energy_test(baseline, wrong)
+    assert p_value < ALPHA
+
+
+def test_learned_drafts_depend_on_the_drafter_and_runs_are_reproducible(toy):
+    _, denoise, tapped, identity = toy
+    x = _noise(8, 3)
+    first, stats = _free(denoise, tapped, _perturbed_drafter(identity), x, seed=5, draft_length=3)
+    again, _ = _free(denoise, tapped, _perturbed_drafter(identity), x, seed=5, draft_length=3)
+    other, other_stats = _free(denoise, tapped, _perturbed_drafter(identity, seed=1, scale=0.3), x, seed=5, draft_length=3)
+    assert torch.equal(first, again)
+    assert stats.accepted_per_step != other_stats.accepted_per_step  # the drafter decides what is accepted
+    assert stats.sequential_dit_calls < 12  # drafting saved model calls
+
+
+def test_recording_is_the_plain_sampler_and_keeps_every_branch_and_step(toy, tmp_path):
+    _, denoise, tapped, identity = toy
+    x = _noise(3, 4)
+    samples, recording = record_trajectories(tapped, identity, x, flow_sigmas(6), {"seed": 2}, FLOW, max_tokens=3)
+    assert torch.equal(samples, sample_euler_ancestral(denoise, x, flow_sigmas(6), {"seed": 2}, step=FLOW))
+    assert recording["features"].shape == (6, 3, 2, 3, 16)  # steps, rows, guidance slots, kept tokens, width
+    assert recording["modulation"].shape == (6, 3, 2, 16)
+    assert recording["state_patches"][0].abs().max() == 0 and recording["state_patches"][1].abs().max() > 0
+    save_recording(tmp_path / "a.safetensors", recording, identity)
+    loaded, loaded_identity = load_recordings(tmp_path)
+    assert loaded_identity == identity and torch.equal(loaded[0]["features"], recording["features"])
+    other = TappedModelIdentity("other.Model", "0" * 16, 16, (2, 2))
+    save_recording(tmp_path / "b.safetensors", recording, other)
+    with pytest.raises(ValueError, match="2 different models.*other.Model"):
+        load_recordings(tmp_path)
+
+
+def test_a_drafter_trained_on_recordings_beats_frozen_drafts_on_held_out_seeds(toy, tmp_path):
+    _, denoise, tapped, identity = toy
+    recordings = [record_trajectories(tapped, identity, _noise(16, seed), flow_sigmas(12), {"seed": seed}, FLOW)[1]
+                  for seed in range(6)]
+    drafter, losses = train_tapped_drafter(recordings, identity, TappedDrafterTrainConfig(train_steps=250, batch_size=32))
+    assert sum(losses[-25:]) / 25 < 0.8 * sum(losses[:25]) / 25
+    path = save_token_drafter(tmp_path / "toy.safetensors", drafter, len(losses), len(recordings), (12,), losses[-1])
+    drafter = load_token_drafter(path, identity)
+    held_out = _noise(64, 100)
+    _, learned = _free(denoise, tapped, drafter, held_out, seed=7, draft_length=4)
+    frozen_stats = []
+    sample_free_euler_ancestral(denoise, held_out, flow_sigmas(12), {"seed": 7}, step=FLOW, stats_sink=frozen_stats,
+                                draft_length=4)
+    assert learned.acceptance_rate > frozen_stats[0].acceptance_rate + 0.05
+    assert learned.sequential_dit_calls <= frozen_stats[0].sequential_dit_calls
+
+
+def test_a_drafter_for_another_model_is_refused_naming_both(toy, tmp_path):
+    _, _, _, identity = toy
+    path = save_token_drafter(tmp_path / "d.safetensors", token_drafter_for(identity, 16, 2), 0, 0, (12,), None)
+    other_weights = TappedModelIdentity(identity.model_class, "f" * 16, identity.width, identity.patch_size)
+    with pytest.raises(ValueError, match=f"trained for tests.ToyFlowDiT .*{identity.fingerprint}.*but the model is .*ffff"):
+        load_token_drafter(path, other_weights)
+    wider = TappedModelIdentity("comfy.ldm.flux.model.Flux", identity.fingerprint, 3072, (2, 2))
+    with pytest.raises(ValueError, match="but the model is comfy.ldm.flux.model.Flux \\(width 3072"):
+        load_token_drafter(path, wider)
+
+
+def test_per_token_modulation_is_refused_and_reference_tokens_get_no_state_change():
+    features = torch.zeros(2, 6, 8)
+    with pytest.raises(RuntimeError, match="each token with its own timestep"):
+        modulation_vector(TopBlockCall(features, (torch.zeros(2, 6, 8),)))
+    assert modulation_vector(TopBlockCall(features, (torch.zeros(2, 1, 8),))).shape == (2, 8)
+    patches = latent_patches(torch.ones(1, 3, 5, 4), (2, 2))  # padded to 6 x 4: 3 x 2 patches
+    assert patches.shape == (1, 6, 12) and patches[0, -1].sum() == 6  # the last row of patches is half padding
+    video = latent_patches(torch.ones(1, 3, 2, 4, 4), (1, 2, 2))
+    assert video.shape == (1, 8, 12)
