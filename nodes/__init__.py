@@ -4,8 +4,9 @@ from .conditioning import FREEClassLabel, FREEEmptyLatent
 from .loaders import FREEDiTLoader, FREEDrafterLoader
 from .model_folders import register_folders
 from .outputs import FREECompare, FREEDecode, FREEStats
+from .recording import FREERecordTrajectories
 from .sampling import FREEKSampler, FREESampler
-from .training import FREETrainDrafter
+from .training import FREETrainDrafter, FREETrainTappedDrafter
 
 register_folders()
 
@@ -20,6 +21,8 @@ NODE_CLASS_MAPPINGS = {
     "FREECompare": FREECompare,
     "FREEDecode": FREEDecode,
     "FREETrainDrafter": FREETrainDrafter,
+    "FREERecordTrajectories": FREERecordTrajectories,
+    "FREETrainTappedDrafter": FREETrainTappedDrafter,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
@@ -33,4 +36,6 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "FREECompare": "FREE Compare",
     "FREEDecode": "FREE Decode",
     "FREETrainDrafter": "FREE Train Drafter",
+    "FREERecordTrajectories": "FREE Record Trajectories",
+    "FREETrainTappedDrafter": "FREE Train Tapped Drafter",
 }

@@ -133,3 +133,11 @@ def labels_from_conditioning(conditioning: list, what: str) -> torch.Tensor:
 def class_conditioning(label: int, name: str) -> list:
     """CONDITIONING holding one class label (the cross-attention tensor is a placeholder the DiT ignores)."""
     return [[torch.zeros(1, 1, 1), {LABEL_KEY: torch.tensor([label], dtype=torch.long), "free_class_name": name}]]
+
+
+def base_model(model):
+    """The BaseModel inside the k-diffusion model wrapper (KSamplerX0Inpaint -> guider -> BaseModel)."""
+    inner = model
+    while inner is not None and not hasattr(inner, "model_sampling"):
+        inner = getattr(inner, "inner_model", None)
+    return inner

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from ..free_core.models.model_specs import DTYPES, EMBEDDED, FROZEN, resolve_dit, resolve_drafter
+from ..free_core.models.token_drafter import is_token_drafter_file, load_token_drafter
 from .comfy_model import free_dit_of, inference_dtype, model_patcher_for
 from .model_folders import DRAFTER_FOLDER, dit_folder, full_path, list_files
+from .tap import tapped_identity
 
 FROZEN_CHOICE = "frozen (training-free)"
 DIT_SUFFIXES = (".safetensors", ".pt", ".pth")
@@ -37,7 +39,8 @@ class FREEDiTLoader:
 
 
 class FREEDrafterLoader:
-    """The drafter for a DiT: embedded, training-free (frozen), or a file from models/free_drafters."""
+    """The drafter for a model: embedded, training-free (frozen), or a file from models/free_drafters (the FREE DiT's,
+    or one trained for a tapped model such as Flux or Wan, which FREE Sampler takes)."""
 
     DESCRIPTION = __doc__  # shown by the ComfyUI frontend
 
@@ -46,8 +49,9 @@ class FREEDrafterLoader:
         return {"required": {
             "model": ("MODEL",),
             "drafter_name": ([EMBEDDED, FROZEN_CHOICE] + list_files(DRAFTER_FOLDER, (".safetensors",)), {
-                "tooltip": "'embedded' belongs to the embedded DiT; 'frozen' reuses the last DiT output and works with "
-                           "any DiT; a file must have been trained for this DiT (FREE Train Drafter)."}),
+                "tooltip": "'embedded' belongs to the embedded DiT; 'frozen' reuses the last output and works with any "
+                           "model; a file must have been trained for this model (FREE Train Drafter, or FREE Train "
+                           "Tapped Drafter)."}),
         }}
 
     RETURN_TYPES = ("FREE_DRAFTER",)
@@ -57,6 +61,8 @@ class FREEDrafterLoader:
     def load(self, model, drafter_name: str):
         if drafter_name == FROZEN_CHOICE:
             spec = FROZEN
+        elif drafter_name != EMBEDDED and is_token_drafter_file(full_path(DRAFTER_FOLDER, drafter_name)):
+            return (load_token_drafter(full_path(DRAFTER_FOLDER, drafter_name), tapped_identity(model)),)
         else:
             spec = drafter_name if drafter_name == EMBEDDED else full_path(DRAFTER_FOLDER, drafter_name)
         return (resolve_drafter(spec, free_dit_of(model), option="drafter_name"),)

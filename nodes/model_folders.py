@@ -7,6 +7,7 @@ import os
 import folder_paths
 
 DRAFTER_FOLDER = "free_drafters"  # models/free_drafters: drafters trained by FREE Train Drafter, or downloaded
+RECORDINGS_FOLDER = "free_recordings"  # models/free_recordings/<name>: FREE Record Trajectories' files, one folder per model
 
 
 def dit_folder() -> str:
@@ -15,11 +16,23 @@ def dit_folder() -> str:
 
 
 def register_folders() -> None:
-    """Add models/free_drafters (kept if extra_model_paths.yaml already names other places for it)."""
-    default = os.path.join(folder_paths.models_dir, DRAFTER_FOLDER)
-    known = folder_paths.folder_names_and_paths.get(DRAFTER_FOLDER, ([], set()))[0]
-    if default not in known:
-        folder_paths.add_model_folder_path(DRAFTER_FOLDER, default)
+    """Add models/free_drafters and models/free_recordings (kept if extra_model_paths.yaml already names other places for it)."""
+    for folder in (DRAFTER_FOLDER, RECORDINGS_FOLDER):
+        default = os.path.join(folder_paths.models_dir, folder)
+        known = folder_paths.folder_names_and_paths.get(folder, ([], set()))[0]
+        if default not in known:
+            folder_paths.add_model_folder_path(folder, default)
+
+
+def recordings_folder(name: str, must_exist: bool = False) -> str:
+    """models/free_recordings/<name>, refusing names with folders in them (and, if asked, a folder not recorded yet)."""
+    if not name or os.path.basename(name) != name or name.startswith("."):
+        raise ValueError(f"recordings must be a plain folder name like 'flux_dev', got {name!r}")
+    path = os.path.join(folder_paths.get_folder_paths(RECORDINGS_FOLDER)[0], name)
+    if must_exist and not os.path.isdir(path):
+        raise ValueError(f"recordings: no folder {path}; sample with FREE Record Trajectories (recordings={name!r}) first")
+    os.makedirs(path, exist_ok=True)
+    return path
 
 
 def list_files(folder: str, suffixes: tuple[str, ...]) -> list[str]:

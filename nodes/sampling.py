@@ -20,9 +20,12 @@ from ..free_core.frontdoor.generate import generate
 from ..free_core.frontdoor.options import (DEFAULT_DRAFT_LENGTH, DEFAULT_DRAFT_POLICY, DEFAULT_RELAX_STRENGTH, DEFAULT_STEPS, DRAFT_POLICIES,
                                  MAX_DRAFT_LENGTH, MAX_STEPS, SAMPLER_MODES, SamplerOptions)
 from ..free_core.engine.k_diffusion_sampler import AncestralStep, sample_free_euler_ancestral
+from ..free_core.engine.drafter_interface import FrozenDrafter
 from ..free_core.engine.stats import SamplingStats
+from ..free_core.models.token_drafter import TokenDrafter
 from .canvas_text import show_on_node
-from .comfy_model import free_dit_of, labels_from_conditioning
+from .comfy_model import base_model, free_dit_of, labels_from_conditioning
+from .tap import tapped_identity, top_block_tap
 
 MODE_TOOLTIP = "strict: exactly the plain sampler's law; relax: faster, approximate; off: plain ancestral baseline"
 DRAFT_INPUTS = {
@@ -120,7 +123,8 @@ class SamplerStatsChannel:
 
 
 class FREESampler:
-    """A SAMPLER for SamplerCustom / SamplerCustomAdvanced: speculative euler_ancestral with frozen drafts (any model).
+    """A SAMPLER for SamplerCustom / SamplerCustomAdvanced: speculative euler_ancestral, frozen drafts (any model) or
+    a learned drafter for the model (FREE Drafter Loader, trained with FREE Train Tapped Drafter).
 
     Its plain law is core euler_ancestral's, with the same eta and s_noise: the variance-exploding step, or the
     rectified-flow step on flow models (Flux, SD3, Wan, ...). Mode off runs core euler_ancestral itself. The
@@ -135,6 +139,8 @@ class FREESampler:
                               "tooltip": "euler_ancestral's eta (noise per step); FREE needs eta > 0"}),
             "s_noise": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 100.0, "step": 0.01, "round": False,
                                   "tooltip": "euler_ancestral's s_noise; FREE needs s_noise > 0"}),
+            "drafter": ("FREE_DRAFTER", {"tooltip": "a learned drafter for this model (FREE Drafter Loader); "
+                                                    "unconnected: frozen drafts, which need no training"}),
         }, "hidden": {"node_id": "UNIQUE_ID"}}
 
     RETURN_TYPES = ("SAMPLER", "FREE_STATS")
@@ -145,7 +151,7 @@ class FREESampler:
     CATEGORY = "FREE"
 
     def get_sampler(self, mode: str, draft_length: int, draft_policy: str, relax_strength: float, eta: float = 1.0,
-                    s_noise: float = 1.0, node_id: str | None = None):
+                    s_noise: float = 1.0, drafter=None, node_id: str | None = None):
         # steps, cfg and seed are SamplerCustom's
         options = SamplerOptions.from_node_widgets(mode, draft_length, draft_policy, relax_strength)
         channel = SamplerStatsChannel()
@@ -155,16 +161,8 @@ class FREESampler:
             return (sampler, channel)
         AncestralStep(eta=eta, s_noise=s_noise).check_stochastic()  # before any model runs
         extra = {"draft_length": options.policy(), "mode": mode, "relax_strength": options.strength, "eta": eta,
-                 "s_noise": s_noise, **report}
+                 "s_noise": s_noise, "token_drafter": learned_drafter(drafter), **report}
         return (comfy.samplers.KSAMPLER(_free_euler_ancestral, extra_options=extra), channel)
-
-
-def base_model(model):
-    """The BaseModel inside the k-diffusion model wrapper (KSamplerX0Inpaint -> guider -> BaseModel)."""
-    inner = model
-    while inner is not None and not hasattr(inner, "model_sampling"):
-        inner = getattr(inner, "inner_model", None)
-    return inner
 
 
 def is_flow_model(model) -> bool:
@@ -172,6 +170,18 @@ def is_flow_model(model) -> bool:
     const = getattr(comfy.model_sampling, "CONST", None)  # absent from ComfyUI before SD3 support
     inner = base_model(model)
     return const is not None and inner is not None and isinstance(inner.model_sampling, const)
+
+
+def model_input_of(model):
+    """(x, sigma rows) -> the model's input (`calculate_input`: x / sqrt(sigma^2 + 1) for EPS, x for flow models)."""
+    sampling = base_model(model).model_sampling
+    return lambda x, sigma: sampling.calculate_input(sigma.to(x), x)
+
+
+def compute_dtype(model) -> torch.dtype:
+    """The dtype a ComfyUI model computes in (its manual-cast dtype when its weights are stored in another)."""
+    base = base_model(model)
+    return getattr(base, "manual_cast_dtype", None) or base.get_dtype()
 
 
 def architecture_key(base) -> str:
@@ -204,10 +214,23 @@ def cfg_branches(model, extra_args: dict | None) -> int:
     return max(branches, 1)
 
 
+def learned_drafter(drafter) -> TokenDrafter | None:
+    """FREE Sampler's drafter input: a token drafter, or None for frozen drafts; the FREE DiT's own drafter is refused."""
+    if drafter is None or isinstance(drafter, (FrozenDrafter, TokenDrafter)):
+        return drafter if isinstance(drafter, TokenDrafter) else None
+    raise ValueError(f"drafter: the {getattr(drafter, 'name', type(drafter).__name__)} drafter belongs to the FREE DiT and "
+                     "drafts for FREE KSampler; FREE Sampler takes a drafter trained for its model with FREE Train Tapped "
+                     "Drafter, or none (frozen drafts)")
+
+
 def _free_euler_ancestral(model, x, sigmas, extra_args=None, callback=None, disable=None, eta=1.0, s_noise=1.0,
-                          stats_channel=None, node_id=None, **options):
+                          stats_channel=None, node_id=None, token_drafter=None, **options):
     conds = processed_conds(model, extra_args)
     refuse_row_dependent_conditioning(conds)  # before any model call
+    if token_drafter is not None:  # refused now, before any model call, if it was trained for another model
+        token_drafter.check_fits(tapped_identity(model), "the drafter")
+        options.update(drafter=token_drafter.to(device=x.device, dtype=compute_dtype(model)), tapped=top_block_tap(model),
+                       model_input=model_input_of(model))
     boundaries = timestep_boundaries(conds)  # timestep / ControlNet ranges: verify each side of a boundary apart
     row_groups = (lambda sigma_rows: boundary_groups(sigma_rows, boundaries)) if boundaries else None
     step = AncestralStep(flow=is_flow_model(model), eta=eta, s_noise=s_noise)

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from torch import nn
 
 from ..free_core.engine.tapped_model import ModuleTap
-from .comfy_model import DiTEpsAdapter
-from .sampling import base_model
+from ..free_core.models.token_drafter import TappedModelIdentity, final_layer_fingerprint
+from .comfy_model import DiTEpsAdapter, base_model
 
 
 @dataclass(frozen=True)
@@ -23,6 +23,7 @@ class TapSite:
     family: str
     final_layer: str
     block_lists: tuple[str, ...]
+    patch_size: str = "patch_size"  # an int (square patches) or one size per latent axis
 
 
 def _qualified(cls: type) -> str:
@@ -30,7 +31,7 @@ def _qualified(cls: type) -> str:
 
 
 TAP_SITES: dict[str, TapSite] = {  # a subclass (Kontext's Flux, VACE Wan, ...) is found through its base class
-    _qualified(DiTEpsAdapter): TapSite("FREE DiT", "dit.final_layer", ("dit.blocks",)),
+    _qualified(DiTEpsAdapter): TapSite("FREE DiT", "dit.final_layer", ("dit.blocks",), "dit.x_embedder.patch_size"),
     "comfy.ldm.flux.model.Flux": TapSite("Flux", "final_layer", ("double_blocks", "single_blocks")),
     "comfy.ldm.chroma.model.Chroma": TapSite("Chroma", "final_layer", ("double_blocks", "single_blocks")),
     "comfy.ldm.modules.diffusionmodules.mmdit.MMDiT": TapSite("SD3", "final_layer", ("joint_blocks",)),
@@ -52,12 +53,31 @@ def tap_site(diffusion_model: nn.Module) -> TapSite:
                      "frozen drafts (FREE Sampler without a drafter) work with any model")
 
 
-def top_block_tap(model) -> ModuleTap:
-    """A TappedModel over the k-diffusion model wrapper a sampler function gets."""
-    base = base_model(model)
+def diffusion_model_of(model) -> nn.Module:
+    """The diffusion model inside a k-diffusion model wrapper (what a sampler function gets) or a MODEL (ModelPatcher)."""
+    base = base_model(getattr(model, "model", model)) if hasattr(model, "model_options") else base_model(model)
     if base is None or not hasattr(base, "diffusion_model"):
         raise ValueError(f"FREE found no ComfyUI model inside {type(model).__name__} to tap")
-    diffusion_model = base.diffusion_model
+    return base.diffusion_model
+
+
+def tapped_identity(model) -> TappedModelIdentity:
+    """What a token drafter for this model must have been trained for: class, final-layer weights, width, patch."""
+    diffusion_model = diffusion_model_of(model)
+    site = tap_site(diffusion_model)
+    final_layer = _attribute(diffusion_model, site.final_layer)
+    norms = [m for m in final_layer.modules() if isinstance(m, nn.LayerNorm) and m.normalized_shape]
+    if not norms:
+        raise ValueError(f"FREE cannot read the feature width of {site.family}'s final layer (no LayerNorm in it)")
+    patch = _attribute(diffusion_model, site.patch_size)
+    patch = (int(patch), int(patch)) if isinstance(patch, (int, float)) else tuple(int(p) for p in patch)
+    return TappedModelIdentity(_qualified(type(diffusion_model)), final_layer_fingerprint(final_layer),
+                               int(norms[0].normalized_shape[-1]), patch)
+
+
+def top_block_tap(model) -> ModuleTap:
+    """A TappedModel over the k-diffusion model wrapper a sampler function gets."""
+    diffusion_model = diffusion_model_of(model)
     site = tap_site(diffusion_model)
     block_lists = []
     for path in site.block_lists:
@@ -66,7 +86,7 @@ def top_block_tap(model) -> ModuleTap:
     return ModuleTap(model, _attribute(diffusion_model, site.final_layer), block_lists)
 
 
-def _attribute(module: nn.Module, path: str) -> nn.Module:
+def _attribute(module: nn.Module, path: str):
     for name in filter(None, path.split(".")):
         module = getattr(module, name)
     return module

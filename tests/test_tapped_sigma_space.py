@@ -107,7 +107,7 @@ def test_a_drafter_trained_on_recordings_beats_frozen_drafts_on_held_out_seeds(t
                   for seed in range(6)]
     drafter, losses = train_tapped_drafter(recordings, identity, TappedDrafterTrainConfig(train_steps=250, batch_size=32))
     assert sum(losses[-25:]) / 25 < 0.8 * sum(losses[:25]) / 25
-    path = save_token_drafter(tmp_path / "toy.safetensors", drafter, len(losses), len(recordings), (12,), losses[-1])
+    path = save_token_drafter(tmp_path / "toy.safetensors", drafter, losses, len(recordings), (12,))
     drafter = load_token_drafter(path, identity)
     held_out = _noise(64, 100)
     _, learned = _free(denoise, tapped, drafter, held_out, seed=7, draft_length=4)
@@ -120,7 +120,7 @@ def test_a_drafter_trained_on_recordings_beats_frozen_drafts_on_held_out_seeds(t
 
 def test_a_drafter_for_another_model_is_refused_naming_both(toy, tmp_path):
     _, _, _, identity = toy
-    path = save_token_drafter(tmp_path / "d.safetensors", token_drafter_for(identity, 16, 2), 0, 0, (12,), None)
+    path = save_token_drafter(tmp_path / "d.safetensors", token_drafter_for(identity, 16, 2), [], 0, (12,))
     other_weights = TappedModelIdentity(identity.model_class, "f" * 16, identity.width, identity.patch_size)
     with pytest.raises(ValueError, match=f"trained for tests.ToyFlowDiT .*{identity.fingerprint}.*but the model is .*ffff"):
         load_token_drafter(path, other_weights)
@@ -138,3 +138,22 @@ def test_per_token_modulation_is_refused_and_reference_tokens_get_no_state_chang
     assert patches.shape == (1, 6, 12) and patches[0, -1].sum() == 6  # the last row of patches is half padding
     video = latent_patches(torch.ones(1, 3, 2, 4, 4), (1, 2, 2))
     assert video.shape == (1, 8, 12)
+
+
+def test_train_tapped_drafter_command_stops_leaves_a_resume_file_and_carries_on(toy, tmp_path):
+    from free_core.frontdoor.cli import main
+
+    _, _, tapped, identity = toy
+    for seed in range(2):
+        recording = record_trajectories(tapped, identity, _noise(4, seed), flow_sigmas(8), {"seed": seed}, FLOW)[1]
+        save_recording(tmp_path / "recordings" / f"{seed}.safetensors", recording, identity)
+    out = tmp_path / "drafter.safetensors"
+    command = ["train-tapped-drafter", "--recordings", str(tmp_path / "recordings"), "--out", str(out), "--steps", "30",
+               "--batch-size", "4", "--device", "cpu"]
+    assert main(command + ["--max-minutes", "0"]) == 0  # stops after its first step
+    resume = tmp_path / "drafter.safetensors.resume"
+    assert resume.is_file() and not out.exists()
+    assert len(load_token_drafter(resume, identity).losses) == 1
+    assert main(command) == 0
+    drafter = load_token_drafter(out, identity)
+    assert len(drafter.losses) == 30 and not resume.exists()

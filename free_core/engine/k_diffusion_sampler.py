@@ -205,12 +205,14 @@ def sample_free_euler_ancestral(
     measure_plain_step: bool = False,
     drafter: Any = None,
     tapped: Any = None,
+    model_input: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Speculative Euler-ancestral: one batched verification call per round, maximal coupling.
 
     Drafts are frozen (the last verified `denoised`), or, given a `drafter` (a TokenDrafter) and `tapped` (the
     model as a TappedModel), learned: features drafted and replayed through the model's tail
-    (`engine.tapped_sigma_space`). Either way strict mode has the law of `sample_euler_ancestral`.
+    (`engine.tapped_sigma_space`; `model_input(x, sigma_rows)` is what the model's embedding sees of a state, x itself
+    by default). Either way strict mode has the law of `sample_euler_ancestral`.
 
     `callback` gets k-diffusion's dict after each round with `i` = the last step every sample has
     committed, so a progress bar advances by the steps actually committed. `cost_key` names the model for the
@@ -238,7 +240,8 @@ def sample_free_euler_ancestral(
         space = SigmaSpace(model, sigmas, extra_args, step, x, row_groups, cfg_branches)
     else:
         from .tapped_sigma_space import TappedSigmaSpace, drafting_pass
-        space = TappedSigmaSpace(model, tapped, drafter, sigmas, extra_args, step, x, row_groups, cfg_branches)
+        space = TappedSigmaSpace(model, tapped, drafter, sigmas, extra_args, step, x, row_groups, cfg_branches,
+                                 **({} if model_input is None else {"model_input": model_input}))
 
     def call(rows: int) -> None:
         model(x[:1].expand(rows, *x.shape[1:]).clone(), sigmas[:1].expand(rows).to(x), **extra_args)

@@ -52,14 +52,30 @@ def modulation_vector(call: TopBlockCall, drafter_name: str = "FREE's learned dr
     return modulation.flatten(1)
 
 
+ModelInput = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x, sigma rows) -> what the model's embedding sees
+
+
+def unscaled(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """The model input of a rectified-flow (CONST) model: the state itself."""
+    return x
+
+
+def state_change(x: torch.Tensor, sigma: torch.Tensor, previous: torch.Tensor, previous_sigma: torch.Tensor,
+                 model_input: ModelInput) -> torch.Tensor:
+    """The change of the model's input from the previous state to `x` (what the model's patch embedding would see
+    change: for an EPS model the states are scaled by 1 / sqrt(sigma^2 + 1) first, so high-sigma steps do not swamp
+    the drafter)."""
+    return model_input(x, sigma) - model_input(previous, previous_sigma)
+
+
 class TappedSigmaSpace(SigmaSpace):
     """SigmaSpace whose drafts come from a TokenDrafter over the tapped model's top-block features."""
 
     def __init__(self, model: Model, tapped: TappedModel, drafter: TokenDrafter, sigmas: torch.Tensor, extra_args: dict,
                  step: AncestralStep, x: torch.Tensor, row_groups: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                 cfg_branches: int = 1):
+                 cfg_branches: int = 1, model_input: ModelInput = unscaled):
         super().__init__(model, sigmas, extra_args, step, x, row_groups, cfg_branches)
-        self.tapped, self.drafter = tapped, drafter
+        self.tapped, self.drafter, self.model_input = tapped, drafter, model_input
         self.patch_size = tuple(drafter.identity.patch_size)
         self.history: torch.Tensor | None = None  # (n, m, S, T, D) features of each chain's last m states, oldest first
 
@@ -72,7 +88,9 @@ class TappedSigmaSpace(SigmaSpace):
         progress = progress.to(self.sigmas.device)
         every_row = rows.numel() == self.active.numel()
         history = self.work_history if every_row else self.work_history[rows]  # (R, m, S, T, D)
-        state_patches = latent_patches(state - previous, self.patch_size)  # (R, P, C prod(patch))
+        sigma = self.sigmas[progress]
+        change = state_change(state, sigma, previous, self.sigmas[(progress - 1).clamp(min=0)], self.model_input)
+        state_patches = latent_patches(change, self.patch_size)  # (R, P, C prod(patch))
         drafted: list[torch.Tensor] = []
 
         def substitute(call: TopBlockCall) -> torch.Tensor:
@@ -87,7 +105,6 @@ class TappedSigmaSpace(SigmaSpace):
             drafted.append(features.unflatten(0, (chunks, -1)))
             return features
 
-        sigma = self.sigmas[progress]
         denoised = self.tapped.replay_with(substitute, state, sigma.to(state), **self.extra_args)
         new = torch.cat(drafted).transpose(0, 1).unsqueeze(1).to(history.dtype)  # (R, 1, S, T, D)
         shifted = torch.cat([history[:, 1:], new], dim=1)

@@ -1,4 +1,4 @@
-"""`python -m free_core {sample, train-dit, train-drafter, bench}`."""
+"""`python -m free_core {sample, train-dit, train-drafter, train-tapped-drafter, bench, ...}`."""
 
 from __future__ import annotations
 
@@ -205,6 +205,16 @@ def command_train_drafter(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_train_tapped_drafter(args: argparse.Namespace) -> int:
+    from ..training.train_tapped_drafter import train_tapped_drafter_files
+
+    path, losses = train_tapped_drafter_files(args.recordings, args.out, args.steps, args.batch_size, args.unroll,
+                                              args.lr, args.seed, args.device, args.max_minutes)
+    if path is not None:
+        print(f"saved {path}; final loss {sum(losses[-50:]) / len(losses[-50:]):.4f} (copying the last features: 1.0)")
+    return 0
+
+
 def command_train_classifier(args: argparse.Namespace) -> int:
     from ..evaluation.metrics import train_classifier
 
@@ -352,6 +362,20 @@ def build_parser() -> argparse.ArgumentParser:
     drafter.add_argument("--device", default=drafter_defaults.device)
     add_dtype_option(drafter, "the DiT collecting trajectories")
     drafter.set_defaults(handler=command_train_drafter)
+
+    tapped = sub.add_parser("train-tapped-drafter", parents=[common], formatter_class=HelpFormatter,
+                            help="train a FREE drafter for a tapped model (Flux, SD3, Wan, ...) on FREE Record Trajectories' "
+                                 "files (torchrun-ready, resumable from OUT.resume)")
+    tapped.add_argument("--recordings", required=True, help="the folder of recordings (models/free_recordings/<name>)")
+    tapped.add_argument("--out", required=True, help="the drafter file to write (.safetensors), e.g. in models/free_drafters")
+    tapped.add_argument("--steps", type=int, default=1000)
+    tapped.add_argument("--batch-size", type=int, default=16, help="draws per step and process")
+    tapped.add_argument("--unroll", type=int, default=4, help="drafts per training example (the K you sample with)")
+    tapped.add_argument("--lr", type=float, default=2e-3)
+    tapped.add_argument("--seed", type=int, default=0)
+    tapped.add_argument("--max-minutes", type=float, default=None)
+    tapped.add_argument("--device", default=None, help="default: cuda when available")
+    tapped.set_defaults(handler=command_train_tapped_drafter)
 
     bench = sub.add_parser("bench", parents=[common], formatter_class=HelpFormatter, help="baseline vs FREE strict/relax vs frozen drafter, side by side")
     bench.add_argument("--quick", action="store_true", help="a < 2 minute run with every field (used by the tests)")

@@ -142,9 +142,10 @@ def token_drafter_for(identity: TappedModelIdentity, modulation_width: int, chan
     return TokenDrafter(config, identity)
 
 
-def save_token_drafter(path: str | Path, drafter: TokenDrafter, train_steps: int, recordings: int,
-                       sampling_steps: tuple[int, ...], final_loss: float | None) -> Path:
-    """Weights, config, the model they belong to and how they were trained; written next to, then over, `path`."""
+def save_token_drafter(path: str | Path, drafter: TokenDrafter, losses: list[float], recordings: int,
+                       sampling_steps: tuple[int, ...]) -> Path:
+    """Weights, config, the model they belong to and how they were trained (the loss of every training step, so a
+    checkpoint can be resumed); written next to, then over, `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     identity = drafter.identity
@@ -153,11 +154,11 @@ def save_token_drafter(path: str | Path, drafter: TokenDrafter, train_steps: int
         "config": json.dumps(drafter.config.to_dict()),
         "model_class": identity.model_class, "fingerprint": identity.fingerprint, "width": str(identity.width),
         "patch_size": ",".join(map(str, identity.patch_size)),
-        "train_steps": str(train_steps), "recordings": str(recordings),
-        "sampling_steps": ",".join(map(str, sampling_steps)),
+        "train_steps": str(len(losses)), "recordings": str(recordings),
+        "sampling_steps": ",".join(map(str, sampling_steps)), "losses": json.dumps([round(x, 6) for x in losses]),
     }
-    if final_loss is not None:
-        metadata["final_loss"] = f"{final_loss:.6f}"
+    if losses:
+        metadata["final_loss"] = f"{losses[-1]:.6f}"
     partial = path.with_name(path.name + ".partial")
     save_file({k: v.detach().float().contiguous().cpu() for k, v in drafter.state_dict().items()}, str(partial), metadata)
     partial.replace(path)
@@ -180,6 +181,7 @@ def load_token_drafter(path: str | Path, identity: TappedModelIdentity | None = 
                                  tuple(int(p) for p in metadata["patch_size"].split(",")))
     drafter = TokenDrafter(TokenDrafterConfig(**json.loads(metadata["config"])), stored)
     drafter.load_state_dict(load_file(str(path)))
+    drafter.losses = json.loads(metadata.get("losses", "[]"))  # how it was trained; a resumed run carries them on
     if identity is not None:
         drafter.check_fits(identity, f"drafter {path.name}")
     return drafter.eval()

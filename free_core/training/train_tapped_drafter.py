@@ -32,30 +32,34 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..engine.k_diffusion_sampler import AncestralStep, sample_euler_ancestral
 from ..engine.tapped_model import TappedModel
-from ..engine.tapped_sigma_space import modulation_vector, slots_by_state
+from ..engine.tapped_sigma_space import ModelInput, modulation_vector, slots_by_state, state_change, unscaled
 from ..models.checkpoints import safetensors_keys_and_metadata
 from ..models.token_drafter import TappedModelIdentity, TokenDrafter, latent_patches, token_drafter_for
 from .distributed import DistributedContext, all_reduce_mean
+from .progress import Progress
 
 RECORDING_FORMAT = "free_core.tapped_recording"
 
 
 def record_trajectories(tapped: TappedModel, identity: TappedModelIdentity, x: torch.Tensor, sigmas: torch.Tensor,
                         extra_args: dict, step: AncestralStep, max_tokens: int | None = None,
-                        callback: Callable | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                        callback: Callable | None = None, model_input: ModelInput = unscaled
+                        ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Plain Euler-ancestral from `x` over `sigmas` (the samples are the plain sampler's), and what it recorded:
     features (N, B, S, T', D), modulation (N, B, S, D_mod), state_patches (N, B, P', C prod(patch)) of x_i - x_{i-1}
-    (zero at i = 0), tokens (T',) kept, sigmas (N + 1,). Tokens past the latent's patches get no state patch."""
+    (zero at i = 0) as the model's input sees it (`model_input`), tokens (T',) kept, sigmas (N + 1,). Tokens past the
+    latent's patches get no state patch."""
     steps: list[dict[str, torch.Tensor]] = []
-    previous = [x]
+    previous = [(x, sigmas[:1].expand(x.shape[0]).to(x))]
 
     def tapped_model(state: torch.Tensor, sigma: torch.Tensor, **extra: Any) -> torch.Tensor:
         denoised, features = tapped.features(state, sigma, **extra)
+        change = state_change(state, sigma, *previous[-1], model_input)
         steps.append({"features": slots_by_state(features, state.shape[0]),
                       "modulation": torch.cat([modulation_vector(call).unflatten(0, (-1, state.shape[0]))
                                                for call in features.calls]).transpose(0, 1),
-                      "state_patches": latent_patches(state - previous[-1], identity.patch_size)})
-        previous.append(state)
+                      "state_patches": latent_patches(change, identity.patch_size)})
+        previous.append((state, sigma))
         return denoised
 
     samples = sample_euler_ancestral(tapped_model, x, sigmas, extra_args, callback=callback, step=step)
@@ -129,23 +133,33 @@ class TappedDrafterTrainConfig:
 def train_tapped_drafter(recordings: list[dict[str, torch.Tensor]], identity: TappedModelIdentity,
                          config: TappedDrafterTrainConfig, device: torch.device | str = "cpu",
                          on_progress: Callable[[int, int, float], None] | None = None,
-                         context: DistributedContext | None = None) -> tuple[TokenDrafter, list[float]]:
-    """A TokenDrafter for `identity` trained on the recordings (float32); the per-step losses."""
+                         context: DistributedContext | None = None, drafter: TokenDrafter | None = None
+                         ) -> tuple[TokenDrafter, list[float]]:
+    """A TokenDrafter for `identity` trained on the recordings (float32); the per-step losses (`config.losses`).
+
+    Given a `drafter` (e.g. resumed from a checkpoint, with its losses so far in `config.losses`), it is trained in
+    place from step len(config.losses) on, so an interrupted run can save it and carry on later (the optimizer's
+    moments start afresh)."""
     first = recordings[0]
     steps_needed = config.unroll + 1
     usable = [r for r in recordings if r["features"].shape[0] > steps_needed]
     if not usable:
         raise ValueError(f"the recordings have {first['features'].shape[0]} steps; unroll={config.unroll} needs more than "
                          f"{steps_needed}: record more steps or lower unroll")
-    drafter = token_drafter_for(identity, modulation_width=first["modulation"].shape[-1],
-                                channels=first["state_patches"].shape[-1] // math.prod(identity.patch_size),
-                                history_length=config.history_length, hidden=config.hidden).to(device)
+    drafter = drafter or drafter_for_recordings(recordings, identity, config)
+    drafter.check_fits(identity, "the drafter to resume")
+    drafter = drafter.to(device=device, dtype=torch.float32).train()
     rank = 0 if context is None else context.rank
     torch.manual_seed(config.seed + rank)
     chooser = random.Random(config.seed * 1000 + rank)
     trained = DistributedDataParallel(drafter) if context is not None and context.enabled else drafter
     optimizer = torch.optim.AdamW(drafter.parameters(), lr=config.lr, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, config.train_steps)
+    resumed_at = len(config.losses)
+
+    def cosine(step: int) -> float:  # counted from the first step of the whole run, so a resumed run continues it
+        return 0.5 * (1 + math.cos(math.pi * min(resumed_at + step, config.train_steps) / config.train_steps))
+
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine)
     started, losses = time.time(), config.losses
     for step_index in range(len(losses), config.train_steps):
         batch = _minibatch(chooser.choice(usable), config, chooser, device)
@@ -162,6 +176,15 @@ def train_tapped_drafter(recordings: list[dict[str, torch.Tensor]], identity: Ta
         if config.max_minutes is not None and time.time() - started > 60 * config.max_minutes:
             break
     return drafter.eval(), losses
+
+
+def drafter_for_recordings(recordings: list[dict[str, torch.Tensor]], identity: TappedModelIdentity,
+                           config: TappedDrafterTrainConfig) -> TokenDrafter:
+    """A fresh drafter sized by the recordings (modulation width, latent channels) for `identity`."""
+    first = recordings[0]
+    return token_drafter_for(identity, modulation_width=first["modulation"].shape[-1],
+                             channels=first["state_patches"].shape[-1] // math.prod(identity.patch_size),
+                             history_length=config.history_length, hidden=config.hidden)
 
 
 def _minibatch(recording: dict[str, torch.Tensor], config: TappedDrafterTrainConfig, chooser: random.Random,
@@ -194,3 +217,42 @@ def _unrolled_loss(drafter: torch.nn.Module, window: torch.Tensor, modulation: t
         total = total + (error / copy_error).mean()
         history = torch.cat([history[:, 1:], drafted.unsqueeze(1)], dim=1)
     return total / unroll
+
+
+def train_tapped_drafter_files(recordings: str | Path, out: str | Path, train_steps: int = 1000, batch_size: int = 16,
+                               unroll: int = 4, lr: float = 2e-3, seed: int = 0, device: str | None = None,
+                               max_minutes: float | None = None) -> tuple[Path | None, list[float]]:
+    """Train from a folder of recordings to a drafter file, alone or under torchrun (rank 0 writes); an interrupted
+    or time-limited run leaves OUT.resume, which the next run with the same OUT carries on from."""
+    from ..models.token_drafter import load_token_drafter, save_token_drafter
+    from .distributed import setup_distributed, teardown_distributed
+
+    out = Path(out)
+    if out.suffix != ".safetensors":
+        raise ValueError(f"--out must name a .safetensors file, got {out.name}")
+    context = setup_distributed(device)
+    recorded, identity = load_recordings(recordings)
+    config = TappedDrafterTrainConfig(train_steps=train_steps, batch_size=batch_size, unroll=unroll, lr=lr, seed=seed,
+                                      max_minutes=max_minutes)
+    resume = out.with_name(out.name + ".resume")
+    if resume.is_file():
+        drafter = load_token_drafter(resume, identity)
+        config.losses = list(drafter.losses)
+    else:
+        drafter = drafter_for_recordings(recorded, identity, config)
+    sampling_steps = tuple(sorted({int(r["features"].shape[0]) for r in recorded}))
+    progress = Progress(train_steps, "train-tapped-drafter", enabled=context.is_main, start=len(config.losses))
+    finished = False
+    try:
+        drafter, losses = train_tapped_drafter(recorded, identity, config, context.device,
+                                               lambda done, total, loss: progress.update(done, loss=loss), context,
+                                               drafter)
+        finished = len(losses) >= train_steps
+    finally:
+        progress.close()
+        if context.is_main:
+            path = save_token_drafter(out if finished else resume, drafter, config.losses, len(recorded), sampling_steps)
+            if finished and resume.is_file():
+                resume.unlink()
+        teardown_distributed(context)
+    return (path if context.is_main and finished else None), config.losses

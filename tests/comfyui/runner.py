@@ -23,11 +23,13 @@ import traceback
 import uuid
 from pathlib import Path
 
-import tap_scenario  # this script's folder
+import learned_drafter_scenario  # this script's folder
+import tap_scenario
 from tiny_comfy_models import FAMILIES, tiny_comfy_model
 from workflow_files import embedded_weights_present, load_workflow, workflow_names
 
 HERE = Path(__file__).resolve().parent
+OWN_TEST_FILE = {"top_block_tap", "learned_drafter"}  # run only when named: their test files ask for them alone
 
 
 def main() -> None:
@@ -131,12 +133,13 @@ class Runner:
         if hasattr(folder_paths, "set_user_directory"):
             folder_paths.set_user_directory(str(work / "user"))
         self.models = work / "models"
-        for name in ("diffusion_models", "vae", "free_drafters"):
+        for name in ("diffusion_models", "vae", "free_drafters", "free_recordings"):
             (self.models / name).mkdir(parents=True, exist_ok=True)
         for key in ("unet", "diffusion_models"):
             folder_paths.add_model_folder_path(key, str(self.models / "diffusion_models"))
         folder_paths.add_model_folder_path("vae", str(self.models / "vae"))
         folder_paths.add_model_folder_path("free_drafters", str(self.models / "free_drafters"))
+        folder_paths.add_model_folder_path("free_recordings", str(self.models / "free_recordings"))
 
         # the pack, as ComfyUI loads it: a folder in custom_nodes, named like a clone
         custom_nodes = work / "custom_nodes"
@@ -279,11 +282,12 @@ class Runner:
             "errors": self.scenario_errors,
             "sampler_law": self.scenario_sampler_law,
             "top_block_tap": lambda: tap_scenario.run(self),
+            "learned_drafter": lambda: learned_drafter_scenario.run(self),
         }
         report = {"tree": "current" if self.is_async else "2024", "substitutions": self.substitutions,
                   "embedded_present": self.embedded_present, "timings": self.timings, "scenarios": {}}
         for name, scenario in scenarios.items():
-            if only and name not in only:
+            if (only and name not in only) or (not only and name in OWN_TEST_FILE):
                 continue
             started = time.perf_counter()
             try:

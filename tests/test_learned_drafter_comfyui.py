@@ -1,0 +1,74 @@
+"""Learned drafters for the models ComfyUI runs, through the pack's nodes in real ComfyUI trees.
+
+One runner subprocess per tree runs the learned_drafter scenario (tests/comfyui/learned_drafter_scenario.py):
+record with FREE Record Trajectories, train with FREE Train Tapped Drafter, load with FREE Drafter Loader and
+sample held-out seeds with FREE Sampler (strict, K 4), frozen against learned; tiny random models built from
+ComfyUI's own classes (current tree: Flux, SD3, Wan, Qwen-Image) and the FREE DiT as a plain MODEL (both trees).
+"""
+
+import pytest
+
+from comfyui_trees import TREE_NAMES, run_runner, tree_for
+
+CURRENT_FAMILIES = ["flux", "sd3", "wan", "qwen"]
+ALPHA = 0.01
+
+
+@pytest.fixture(scope="module", params=TREE_NAMES)
+def learned(request, tmp_path_factory):
+    tree = tree_for(request.param)
+    report = run_runner(tree, tmp_path_factory.mktemp(f"learned_{tree.name}"), only="learned_drafter", timeout=1200)
+    scenario = report["scenarios"]["learned_drafter"]
+    assert "crashed" not in scenario, scenario.get("crashed")
+    return report["tree"], scenario
+
+
+def _assert_learned_beats_frozen(result: dict, family: str) -> None:
+    assert "crashed" not in result, f"{family}:\n{result.get('crashed')}"
+    frozen, learned = result["runs"]["frozen"], result["runs"]["learned"]
+    assert learned["acceptance"] > frozen["acceptance"] + 0.05, f"{family}: learned {learned} vs frozen {frozen}"
+    assert learned["calls"] < learned["steps"], f"{family}: drafting saved no model call"
+    assert result["hooks_left"] == 0, f"{family}: hooks left on the final layer"
+    assert result["ui_text"].startswith("saved ") and f"{result['recordings']} recordings" in result["ui_text"]
+
+
+def test_free_dit_drafter_is_recorded_trained_loaded_and_sampled_with_through_the_nodes(learned):
+    """The FREE DiT (EPS, pixel space) as a plain MODEL: the whole path runs in both trees. Its token drafter does
+    not beat frozen drafts at these step counts (docs/DESIGN.md says why); FREE KSampler's own drafter serves it."""
+    _, scenario = learned
+    result = scenario["free_dit"]
+    assert "crashed" not in result, result.get("crashed")
+    assert result["ui_text"].startswith("saved ") and f"{result['recordings']} recordings" in result["ui_text"]
+    assert result["hooks_left"] == 0
+    for run in ("frozen", "learned"):
+        assert result["runs"][run]["calls"] <= result["runs"][run]["steps"]
+
+
+@pytest.mark.parametrize("family", CURRENT_FAMILIES)
+def test_comfyui_family_learned_drafter_beats_frozen_drafts_on_held_out_seeds(learned, family):
+    tree, scenario = learned
+    if tree != "current":
+        pytest.skip(f"{family} is not in the {tree} ComfyUI")
+    _assert_learned_beats_frozen(scenario[family], family)
+
+
+def test_flux_strict_with_a_learned_drafter_through_sampler_custom_has_core_euler_ancestral_law(learned):
+    """The energy test against core euler_ancestral passes, and fails for the negative control that accepts every
+    draft (the same test without ComfyUI, with guidance slots: tests/test_tapped_sigma_space.py)."""
+    tree, scenario = learned
+    if tree != "current":
+        pytest.skip("Flux is not in the 2024 ComfyUI")
+    law = scenario["law"]
+    assert "crashed" not in law, law.get("crashed")
+    assert 0.1 < law["acceptance"] < 0.95 and law["calls"] < law["steps"]
+    assert law["strict_p"] > ALPHA
+    assert law["always_accept_p"] < ALPHA
+
+
+def test_a_flux_drafter_on_an_sd3_model_is_refused_naming_both(learned):
+    tree, scenario = learned
+    if tree != "current":
+        pytest.skip("Flux and SD3 are not in the 2024 ComfyUI")
+    message = scenario["mismatch_message"]
+    assert message is not None and "was trained for comfy.ldm.flux.model.Flux" in message
+    assert "but the model is comfy.ldm.modules.diffusionmodules.mmdit.OpenAISignatureMMDITWrapper" in message
