@@ -7,6 +7,7 @@ numbers, and the per-step counts. A whole run with a recording model and drafter
 is handed in every round against the chain the sampler actually moved through.
 """
 
+import numpy as np
 import torch
 
 from free_core.engine.denoiser import GuidedDenoiser
@@ -17,14 +18,14 @@ from toy_models import LinearGaussianDenoiser, PerturbedDrafter
 
 
 def test_verification_layout_of_a_ragged_batch():
-    offsets, sample, position = verification_layout(torch.tensor([0, 2, 3, 1]))
+    offsets, sample, position = verification_layout(np.array([0, 2, 3, 1]))
     assert offsets.tolist() == [0, 1, 4, 8]
     assert sample.tolist() == [0, 1, 1, 1, 2, 2, 2, 2, 3, 3]
     assert position.tolist() == [0, 0, 1, 2, 0, 1, 2, 3, 0, 1]
 
 
 DIM = 3
-DRAFTS = torch.tensor([0, 2, 3, 1])  # K_b per sample: no drafts, two, three, one
+DRAFTS = np.array([0, 2, 3, 1])  # K_b per sample (on the host, as the round keeps it): no drafts, two, three, one
 A_STEP = torch.tensor([5, 7, 9, 4])  # the step index each sample starts the round at
 # Per sample, whether each of its drafts passes: sample 1 passes draft 0 and fails draft 1; sample 2 passes all
 # three (then takes the bonus transition); sample 3 fails draft 0.
@@ -35,7 +36,7 @@ EXPECTED_STOP = [0, 1, 3, 0]
 def _hand_built_round(seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     samples, rows = len(DRAFTS), int((DRAFTS + 1).sum())
-    offsets, _, _ = verification_layout(DRAFTS)
+    offsets = torch.from_numpy(verification_layout(DRAFTS)[0])
     mean_q = torch.randn(rows, DIM, generator=g, dtype=torch.float64)
     std_q = 0.1 + torch.rand(rows, DIM, generator=g, dtype=torch.float64)
     states = [torch.randn(samples, DIM, generator=g, dtype=torch.float64)]
@@ -55,11 +56,12 @@ def _hand_built_round(seed: int = 0):
 
 def _accept(seed: int, temperature_of=None):
     states, draft_means, draft_stds, offsets, mean_q, std_q = _hand_built_round()
-    proposed, accepted = torch.zeros(10, dtype=torch.long), torch.zeros(10, dtype=torch.long)
-    new_state, stop = accept_prefix(
+    proposed, accepted = np.zeros(10, dtype=np.int64), np.zeros(10, dtype=np.int64)
+    new_state, stop, stop_on_host = accept_prefix(
         states, draft_means, draft_stds, DRAFTS, offsets, mean_q, std_q, torch.Generator().manual_seed(seed),
         step_of=lambda samples, positions: A_STEP[samples] - positions, temperature_of=temperature_of, proposed=proposed, accepted_count=accepted,
     )
+    assert stop.tolist() == stop_on_host.tolist()
     return new_state, stop, proposed, accepted, (states, draft_means, offsets, mean_q, std_q)
 
 

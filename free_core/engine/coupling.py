@@ -29,7 +29,10 @@ NaN drafts are rejected by `coupling_decisions`, NaN verified outputs are refuse
 
 from __future__ import annotations
 
+import numpy as np
 import torch
+
+from .host_transfer import to_device, to_host
 
 DEFAULT_MAX_RESIDUAL_CANDIDATES = 1 << 20
 
@@ -98,23 +101,46 @@ def coupling_decisions(x_draft: torch.Tensor, mean_p: torch.Tensor, std_p: torch
 
 def coupling_replacements(x_draft: torch.Tensor, mean_p: torch.Tensor, std_p: torch.Tensor, mean_q: torch.Tensor,
                           std_q: torch.Tensor, generator: torch.Generator | None,
-                          max_residual_candidates: int = DEFAULT_MAX_RESIDUAL_CANDIDATES) -> torch.Tensor:
-    """Draws from the residual (q - p)+ / TV for drafts (dim 0) that `coupling_decisions` rejected, in x_draft's dtype."""
+                          max_residual_candidates: int = DEFAULT_MAX_RESIDUAL_CANDIDATES,
+                          kinds: np.ndarray | None = None) -> torch.Tensor:
+    """Draws from the residual (q - p)+ / TV for drafts (dim 0) that `coupling_decisions` rejected, in x_draft's dtype.
+
+    `kinds` (host, one per row: `replacement_kinds` of these rows) saves the host the one read of the device that
+    sorting the rows into reflection, residual and fresh draws takes otherwise.
+    """
     shape = x_draft.shape
     x, mp, sp, mq, sq, disjoint, fixed = _whitening_inputs(x_draft, mean_p, std_p, mean_q, std_q)
+    if kinds is None:
+        (kinds,) = to_host([_kinds(sp, sq, disjoint)])
+    reflected, residual, fresh = to_device([np.flatnonzero(kinds == kind) for kind in (REFLECTION, RESIDUAL, FRESH)],
+                                           x.device)
     y = torch.empty_like(x)
-    same_std = (sp == sq).all(dim=1) & ~disjoint
-    rows = same_std.nonzero().flatten()
-    if rows.numel():
-        y[rows] = _reflection(x[rows], mp[rows], mq[rows], sp[rows])
-    rows = (~same_std & ~disjoint).nonzero().flatten()
-    if rows.numel():
-        y[rows] = _residual(mp[rows], sp[rows], mq[rows], sq[rows], generator, max_residual_candidates)
-    rows = disjoint.nonzero().flatten()
-    if rows.numel():
-        noise = torch.randn(rows.numel(), x.shape[1], dtype=torch.float64, device=x.device, generator=generator)
-        y[rows] = mq[rows] + sq[rows] * torch.where(fixed[rows], torch.zeros_like(noise), noise)
+    if reflected.numel():
+        y[reflected] = _reflection(x[reflected], mp[reflected], mq[reflected], sp[reflected])
+    if residual.numel():
+        y[residual] = _residual(mp[residual], sp[residual], mq[residual], sq[residual], generator, max_residual_candidates)
+    if fresh.numel():
+        noise = torch.randn(fresh.numel(), x.shape[1], dtype=torch.float64, device=x.device, generator=generator)
+        y[fresh] = mq[fresh] + sq[fresh] * torch.where(fixed[fresh], torch.zeros_like(noise), noise)
     return y.reshape(shape).to(x_draft.dtype)
+
+
+# How `coupling_replacements` draws a rejected row: the reflection (equal stds), the residual's rejection sampler
+# (unequal stds), or afresh from q (a point mass one law lacks, or a draft that is not finite).
+REFLECTION, RESIDUAL, FRESH = 0, 1, 2
+
+
+def replacement_kinds(x_draft: torch.Tensor, mean_p: torch.Tensor, std_p: torch.Tensor, mean_q: torch.Tensor,
+                      std_q: torch.Tensor) -> torch.Tensor:
+    """How each row (dim 0) would be replaced if rejected (REFLECTION, RESIDUAL or FRESH), on the device: a round
+    reads these with its decisions, so that its replacements need no further read of the device."""
+    _, _, sp, _, sq, disjoint, _ = _whitening_inputs(x_draft, mean_p, std_p, mean_q, std_q)
+    return _kinds(sp, sq, disjoint)
+
+
+def _kinds(sp: torch.Tensor, sq: torch.Tensor, disjoint: torch.Tensor) -> torch.Tensor:
+    same_std = (sp == sq).all(dim=1)
+    return torch.where(disjoint, FRESH, torch.where(same_std, REFLECTION, RESIDUAL))
 
 
 def acceptance_probability_equal_std(delta: torch.Tensor | float) -> torch.Tensor:
@@ -132,9 +158,9 @@ def _whitening_inputs(x_draft, mean_p, std_p, mean_q, std_q):
     point_p, point_q = sp == 0, sq == 0
     disjoint = ((point_p != point_q) | (point_p & point_q & (mp != mq)) | ~torch.isfinite(x + mp + sp)).any(dim=1)
     fixed = point_p & point_q
-    if fixed.any():
-        sp = torch.where(fixed, torch.ones_like(sp), sp)
-        sq = torch.where(fixed, torch.ones_like(sq), sq)
+    # Unconditionally (where leaves the other coordinates bit for bit): asking whether any is fixed would read the device.
+    sp = torch.where(fixed, torch.ones_like(sp), sp)
+    sq = torch.where(fixed, torch.ones_like(sq), sq)
     return x, mp, sp, mq, sq, disjoint, fixed
 
 
@@ -181,25 +207,26 @@ def _residual(mp, sp, mq, sq, generator, max_candidates):
     quadratic, linear = 0.5 * (1 - ratio**2), -ratio * delta
     constant = (torch.log(ratio) - 0.5 * delta**2).sum(dim=1)
     y = torch.empty_like(mq)
+    pending_rows = np.arange(mq.shape[0])  # on the host: the next chunk's shape depends on which rows are done
     pending = torch.arange(mq.shape[0], device=mq.device)
     chunk, used = 32, 0
-    while pending.numel():
+    while pending_rows.size:
         if used >= max_candidates:
             raise ResidualSamplingError(
-                f"residual sampling drew {used} candidates without success for {pending.numel()} sample(s); "
+                f"residual sampling drew {used} candidates without success for {pending_rows.size} sample(s); "
                 "this has probability < 1/(e * max_residual_candidates): raise max_residual_candidates"
             )
         chunk = min(chunk, max_candidates - used)
-        eps = torch.randn(pending.numel(), chunk, mq.shape[1], device=mq.device, generator=generator).double()  # (P, C, d)
+        eps = torch.randn(pending_rows.size, chunk, mq.shape[1], device=mq.device, generator=generator).double()  # (P, C, d)
         log_p_over_q = (eps * (quadratic[pending, None] * eps + linear[pending, None])).sum(-1) + constant[pending, None]
-        log_v = torch.log(torch.rand(pending.numel(), chunk, dtype=mq.dtype, device=mq.device, generator=generator))
+        log_v = torch.log(torch.rand(pending_rows.size, chunk, dtype=mq.dtype, device=mq.device, generator=generator))
         keep = log_v >= torch.clamp(log_p_over_q, max=0.0)  # probability 1 - min(1, p/q)
-        found = keep.any(dim=1)
         first = keep.float().argmax(dim=1)
-        rows = found.nonzero().flatten()
-        kept = pending[rows]
+        (found,) = to_host([keep.any(dim=1)])  # the chunk's one read of the device
+        found = found.astype(bool)
+        rows, kept, pending = to_device([np.flatnonzero(found), pending_rows[found], pending_rows[~found]], mq.device)
         y[kept] = mq[kept] + sq[kept] * eps[rows, first[rows]]
-        pending = pending[~found]
+        pending_rows = pending_rows[~found]
         used += chunk
         chunk = min(chunk * 2, max(32, (1 << 22) // max(1, mq.shape[1])))
     return y

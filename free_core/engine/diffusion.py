@@ -15,6 +15,7 @@ import torch
 
 VarianceMode = Literal["learned", "fixed_small", "fixed_large"]
 VARIANCE_MODES = ("learned", "fixed_small", "fixed_large")
+NON_FINITE_OUTPUT = "model_output contains NaN or Inf; check the model weights and dtype (fp16 overflow?) or lower cfg"
 
 
 def linear_betas(num_train_steps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> np.ndarray:
@@ -89,6 +90,7 @@ class GaussianDiffusion:
         }
         self.tables = {name: torch.from_numpy(value) for name, value in tables.items()}
         self._timesteps: dict[torch.device, torch.Tensor] = {}
+        self._device_tables: dict[tuple[str, torch.device], torch.Tensor] = {}
         self._transition_tables: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
 
     @classmethod
@@ -106,8 +108,15 @@ class GaussianDiffusion:
     def training(cls, num_train_steps: int = 1000) -> "GaussianDiffusion":
         return cls(linear_betas(num_train_steps))
 
+    def table(self, name: str, device: torch.device) -> torch.Tensor:
+        """`tables[name]` (float64) on `device`, copied there once: a sampler indexes it with step indices on the device."""
+        key = (name, device)
+        if key not in self._device_tables:
+            self._device_tables[key] = self.tables[name].to(device)
+        return self._device_tables[key]
+
     def _gather(self, name: str, i: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        values = self.tables[name].to(like.device)[i.to(like.device)].to(like.dtype)
+        values = self.table(name, like.device)[i.to(like.device)].to(like.dtype)
         return values.reshape(-1, *([1] * (like.ndim - 1)))
 
     def timestep_for(self, i: torch.Tensor) -> torch.Tensor:
@@ -158,9 +167,7 @@ class GaussianDiffusion:
         if model_output.shape[0] != x_t.shape[0] or model_output.shape[2:] != x_t.shape[2:]:
             raise ValueError(f"model_output shape {tuple(model_output.shape)} does not match x_t shape {tuple(x_t.shape)}")
         if check_finite and not torch.isfinite(model_output).all():
-            raise ValueError(
-                "model_output contains NaN or Inf; check the model weights and dtype (fp16 overflow?) or lower cfg"
-            )
+            raise ValueError(NON_FINITE_OUTPUT)
         channels = x_t.shape[1]
         eps = model_output[:, :channels]
         recip, recipm1, coef1, coef2, log_betas, log_variance_clipped, fixed_large, not_last = (

@@ -27,11 +27,13 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import numpy as np
 import torch
 
 from .chunking import RowChunks
 from .cost import cached_black_box_cost, disk_cached_curve, machine_key, time_calls
 from .draft_policy import DraftLengthPolicy
+from .host_transfer import to_device, to_host
 from .rounds import check_options, run_rounds
 from .sampling import step_noise
 from .stats import SamplingStats, timed_callback
@@ -109,6 +111,8 @@ EULER_ANCESTRAL = AncestralStep()
 class SigmaSpace:
     """Transitions over a sigma schedule for a black-box denoiser, drafted with its last verified `denoised`."""
 
+    verified_finite: torch.Tensor | None = None  # a black box's outputs are not checked
+
     def __init__(self, model: Model, sigmas: torch.Tensor, extra_args: dict, step: AncestralStep, x: torch.Tensor,
                  row_groups: Callable[[torch.Tensor], torch.Tensor] | None = None, cfg_branches: int = 1):
         self.model, self.sigmas, self.extra_args, self.step = model, sigmas, extra_args, step
@@ -133,10 +137,12 @@ class SigmaSpace:
             self.denoised = self.call_model(states, sigma)
             self.verify_calls = self.chunks.last_calls
         else:  # one call per group of rows that the model must condition alike (see batch_conditioning.py)
-            groups = self.row_groups(sigma)
+            # How many calls to make is the host's decision: it reads the groups (a second read of the device in
+            # this round, besides the decisions) and sends each group's rows back.
+            (groups,) = to_host([self.row_groups(sigma)])
+            group_ids = np.unique(groups)
             self.denoised, self.verify_calls = torch.empty_like(states), 0
-            for group in groups.unique():
-                rows = (groups == group).nonzero().flatten()
+            for rows in to_device([np.flatnonzero(groups == group) for group in group_ids], states.device):
                 self.denoised[rows] = self.call_model(states[rows], sigma[rows])
                 self.verify_calls += self.chunks.last_calls
         return self.step(states, self.denoised, sigma, self.sigmas[progress + 1])

@@ -16,9 +16,9 @@ from .diffusion import GaussianDiffusion
 
 
 def uncertainty_gain(diffusion: GaussianDiffusion, i: torch.Tensor) -> torch.Tensor:
-    """g(i) = posterior_mean_coef1 / posterior_std at respaced step indices i (float64)."""
-    coef1 = diffusion.tables["posterior_mean_coef1"][i.cpu()]
-    std = torch.exp(0.5 * diffusion.tables["posterior_log_variance_clipped"][i.cpu()])
+    """g(i) = posterior_mean_coef1 / posterior_std at respaced step indices i (float64, on i's device)."""
+    coef1 = diffusion.table("posterior_mean_coef1", i.device)[i]
+    std = torch.exp(0.5 * diffusion.table("posterior_log_variance_clipped", i.device)[i])
     return coef1 / std
 
 

@@ -19,10 +19,13 @@ from __future__ import annotations
 
 from typing import Callable, Protocol
 
+import numpy as np
 import torch
 
-from .coupling import coupling_decisions, coupling_replacements
+from .coupling import coupling_decisions, coupling_replacements, replacement_kinds
+from .diffusion import NON_FINITE_OUTPUT
 from .draft_policy import DraftLengthPolicy, FixedDraftLength
+from .host_transfer import to_device, to_host
 from .sampling import step_noise
 from .stats import SamplingStats
 
@@ -35,6 +38,9 @@ class TransitionSpace(Protocol):
     total_steps: int
     rows_per_state: int  # model rows per state (2 with classifier-free guidance in the batch, else 1)
     verify_calls: int  # sequential model calls the last verification made (1 unless it was split into groups)
+    # After `verify`: a bool on the device, False when the model's outputs were not all finite (the round refuses them
+    # when it reads its decisions, not with a read of its own); None when the space does not check.
+    verified_finite: torch.Tensor | None
 
     def step_label(self, progress: torch.Tensor) -> torch.Tensor:
         """The index the per-step statistics use for the transition out of progress p."""
@@ -72,32 +78,38 @@ def check_options(draft_length: int | DraftLengthPolicy, mode: str, relax_streng
     return draft_length
 
 
-def verification_layout(drafts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Rows of one ragged verification batch holding positions 0..K_b of every sample b.
+def verification_layout(drafts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rows of one ragged verification batch holding positions 0..K_b of every sample b (on the host).
 
     Returns (offsets, sample, position): offsets[b] is the row of (b, 0); row r holds (sample[r], position[r]).
     """
     per_sample = drafts + 1
-    offsets = torch.cumsum(per_sample, 0) - per_sample
-    sample = torch.repeat_interleave(torch.arange(drafts.numel(), device=drafts.device), per_sample)
-    position = torch.arange(sample.numel(), device=drafts.device) - offsets[sample]
+    offsets = np.cumsum(per_sample) - per_sample
+    sample = np.repeat(np.arange(drafts.size), per_sample)
+    position = np.arange(sample.size) - offsets[sample]
     return offsets, sample, position
+
+
+def draft_layout(drafts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(position, sample) of every draft of a round, position-major: the order its decisions are drawn in."""
+    return np.nonzero(np.arange(drafts.max(initial=0))[:, None] < drafts[None])
 
 
 def accept_prefix(
     states: list[torch.Tensor],
     draft_means: list[torch.Tensor],
     draft_stds: list[torch.Tensor],
-    drafts: torch.Tensor,
+    drafts: np.ndarray,
     offsets: torch.Tensor,
     mean_q: torch.Tensor,
     std_q: torch.Tensor,
     generator: torch.Generator,
     step_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     temperature_of: Callable[[torch.Tensor], torch.Tensor] | None,
-    proposed: torch.Tensor,
-    accepted_count: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    proposed: np.ndarray,
+    accepted_count: np.ndarray,
+    verified_finite: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
     """Couple each drafted transition j = 0, 1, ... with its verified one until the first rejection.
 
     Every draft of the round is decided in one batch (one uniform each, position-major); each sample stops at
@@ -105,37 +117,62 @@ def accept_prefix(
     (they used their own random numbers, so the kept ones have the law of deciding one draft at a time). A
     sample whose K_b drafts all pass takes one more exact transition out of its last drafted state.
     `step_of(samples, positions)` names the step of each draft (for the per-step counts `proposed` /
-    `accepted_count`, updated in place, and `temperature_of`, relax mode's kappa; None in strict mode).
-    Returns (new_state, stop): stop[b] is the position whose exact transition produced sample b's new state.
+    `accepted_count`, host arrays updated in place, and `temperature_of`, relax mode's kappa; None in strict mode).
+
+    `drafts` (K_b per sample) is on the host, every tensor on the states' device. The host reads the device once:
+    the stop positions, with each draft's step and the way it would be replaced, so that it can size the
+    replacement and bonus draws (their random numbers depend on which samples stopped where) without reading it
+    again; `verified_finite` (a bool on the device, or None) rides along, and False refuses the verified outputs.
+    Returns (new_state, stop, stop on the host): stop[b] is the position whose exact transition produced sample b's
+    new state.
     """
-    stop = drafts.clone()
+    device = mean_q.device
     if not draft_means:  # a round of plain steps: one verified row per sample, in sample order
-        return mean_q + std_q * step_noise(mean_q, generator), stop
-    new_state = torch.empty_like(states[0])
-    position, sample = (torch.arange(len(draft_means))[:, None] < drafts[None]).nonzero(as_tuple=True)
+        if verified_finite is not None:
+            _refuse_non_finite(to_host([verified_finite])[0])
+        stop = np.zeros(drafts.size, dtype=np.int64)
+        return mean_q + std_q * step_noise(mean_q, generator), torch.zeros_like(offsets), stop
+    position_h, sample_h = draft_layout(drafts)
+    position, sample, drafts_d = to_device([position_h, sample_h, drafts], device)
     x_draft = torch.stack(states[1:])[position, sample]
     mean_p, std_p = torch.stack(draft_means)[position, sample], torch.stack(draft_stds)[position, sample]
     q_rows = offsets[sample] + position
+    mean_q_drafts, std_q_drafts = mean_q[q_rows], std_q[q_rows]
     step_index = step_of(sample, position)
     inverse_temperature = None if temperature_of is None else 1.0 / temperature_of(step_index)
-    accepted = coupling_decisions(x_draft, mean_p, std_p, mean_q[q_rows], std_q[q_rows], generator, inverse_temperature)
-    accepted, step_index = accepted.cpu(), step_index.cpu()
-    first_rejection = torch.full_like(drafts, len(draft_means)).scatter_reduce(
-        0, sample[~accepted], position[~accepted], reduce="amin")
-    stop = torch.minimum(drafts, first_rejection)
-    decided = position <= stop[sample]  # the drafts a one-at-a-time round would have tested
-    proposed += torch.bincount(step_index[decided], minlength=proposed.numel())
-    accepted_count += torch.bincount(step_index[decided & accepted], minlength=accepted_count.numel())
-    replaced = ((position == stop[sample]) & ~accepted).nonzero().flatten()
-    if replaced.numel():
-        new_state[sample[replaced]] = coupling_replacements(
-            x_draft[replaced], mean_p[replaced], std_p[replaced], mean_q[q_rows[replaced]], std_q[q_rows[replaced]],
-            generator)
-    bonus = (stop == drafts).nonzero().flatten()
-    if bonus.numel():
-        q_rows = offsets[bonus] + drafts[bonus]
-        new_state[bonus] = mean_q[q_rows] + std_q[q_rows] * step_noise(mean_q[q_rows], generator)
-    return new_state, stop
+    accepted = coupling_decisions(x_draft, mean_p, std_p, mean_q_drafts, std_q_drafts, generator, inverse_temperature)
+    kinds = replacement_kinds(x_draft, mean_p, std_p, mean_q_drafts, std_q_drafts)
+    # First rejection per sample (K_max where all pass): the minimum position over rejected drafts.
+    rejected_at = torch.where(accepted, len(draft_means), position)
+    first_rejection = torch.full_like(drafts_d, len(draft_means)).scatter_reduce(0, sample, rejected_at, reduce="amin")
+    stop = torch.minimum(drafts_d, first_rejection)
+    checks = [] if verified_finite is None else [verified_finite]
+    stop_h, step_h, kinds_h, *finite = to_host([stop, step_index, kinds, *checks])  # the round's one read of the device
+    if finite:
+        _refuse_non_finite(finite[0])
+
+    stop_of_draft = stop_h[sample_h]
+    decided = position_h <= stop_of_draft  # the drafts a one-at-a-time round would have tested
+    proposed += np.bincount(step_h[decided], minlength=proposed.size)
+    accepted_count += np.bincount(step_h[position_h < stop_of_draft], minlength=accepted_count.size)  # all before the stop
+    # The stop of a sample that did not pass all its drafts is its first rejection: that draft is replaced.
+    replaced_h = np.flatnonzero((position_h == stop_of_draft) & (stop_of_draft < drafts[sample_h]))
+    bonus_h = np.flatnonzero(stop_h == drafts)
+    replaced, replaced_sample, bonus = to_device([replaced_h, sample_h[replaced_h], bonus_h], device)
+    new_state = torch.empty_like(states[0])
+    if replaced_h.size:
+        new_state[replaced_sample] = coupling_replacements(
+            x_draft[replaced], mean_p[replaced], std_p[replaced], mean_q_drafts[replaced], std_q_drafts[replaced],
+            generator, kinds=kinds_h[replaced_h])
+    if bonus_h.size:
+        bonus_rows = offsets[bonus] + drafts_d[bonus]
+        new_state[bonus] = mean_q[bonus_rows] + std_q[bonus_rows] * step_noise(mean_q[bonus_rows], generator)
+    return new_state, stop, stop_h
+
+
+def _refuse_non_finite(verified_finite: np.ndarray) -> None:
+    if not verified_finite.all():
+        raise ValueError(NON_FINITE_OUTPUT)
 
 
 RoundCallback = Callable[[torch.Tensor, torch.Tensor, SamplingStats], None]
@@ -152,39 +189,49 @@ def run_rounds(
 ) -> torch.Tensor:
     """Speculative rounds until every sample has committed `space.total_steps` transitions; returns the samples.
 
-    `after_round(x, progress, stats)` runs after each round (progress: committed transitions per sample); it
-    may raise to stop sampling. Statistics are recorded in `stats` round by round, so a policy sees them.
+    `after_round(x, progress, stats)` runs after each round (progress: committed transitions per sample, a CPU
+    tensor); it may raise to stop sampling. Statistics are recorded in `stats` round by round, so a policy sees them.
+
+    Every tensor of a round lives on x's device. The host keeps its own copy of the progress (numpy), decides each
+    round's K and layout from it, sends the layout to the device in one copy that does not wait, and reads the
+    device once per round, in `accept_prefix` (the stop positions, from which it updates its progress).
     """
-    total_steps, n = space.total_steps, x.shape[0]
+    total_steps, n, device = space.total_steps, x.shape[0], x.device
     x = x.clone()
-    progress = torch.zeros(n, dtype=torch.long)  # transitions committed per sample
+    progress = np.zeros(n, dtype=np.int64)  # transitions committed per sample (host copy)
     last_state = x.clone()  # the state before each sample's current one (where its last exact output was evaluated)
-    proposed = torch.zeros(total_steps, dtype=torch.long)  # drafted transitions tested, by step label
-    accepted_count = torch.zeros(total_steps, dtype=torch.long)
+    proposed = np.zeros(total_steps, dtype=np.int64)  # drafted transitions tested, by step label
+    accepted_count = np.zeros(total_steps, dtype=np.int64)
     temperature_of = None  # strict mode: check_options guarantees relax_strength == 0
     if relax_strength:
         def temperature_of(step_label: torch.Tensor) -> torch.Tensor:
             return space.temperature(step_label, relax_strength)
 
     while (progress < total_steps).any():
-        active = (progress < total_steps).nonzero().flatten()
-        a_progress = progress[active]
+        active_h = np.flatnonzero(progress < total_steps)
+        a_progress_h = progress[active_h]
         k_round = policy.next_length(stats) if stats.rounds else 0  # the first round has nothing to draft from
-        drafts = torch.clamp(total_steps - a_progress - 1, max=k_round)
+        drafts = np.minimum(total_steps - a_progress_h - 1, k_round)
         stats.draft_lengths.append(k_round)
+        k_min, k_max = int(drafts.min()), int(drafts.max())
+        offsets_h, pair_a_h, pair_j_h = verification_layout(drafts)
+        # Rows that draft at position j, for the positions some samples do not reach (the others need no selection).
+        partial_rows_h = [np.flatnonzero(drafts > j) for j in range(k_min, k_max)]
+        active, a_progress, offsets, pair_a, pair_j, *partial_rows = to_device(
+            [active_h, a_progress_h, offsets_h, pair_a_h, pair_j_h, *partial_rows_h], device)
         space.begin_round(active)
 
         # 1. draft ---------------------------------------------------------------------------------------
         states = [x[active]]  # states[j]: drafted state s_j of every active sample (rows beyond K_b unused)
         draft_means, draft_stds = [], []
-        every_row, k_min = torch.arange(active.numel()), int(drafts.min())
-        for j in range(int(drafts.max())):
+        every_row = torch.arange(active_h.size, device=device)
+        for j in range(k_max):
             if j < k_min:  # every sample drafts: no row selection, no copies
                 previous = last_state[active] if j == 0 else states[j - 1]
                 mean_p, std_p = space.draft(every_row, a_progress + j, states[j], previous)
                 states.append(mean_p + std_p * step_noise(mean_p, generator))
             else:
-                rows = (drafts > j).nonzero().flatten()
+                rows = partial_rows[j - k_min]
                 previous = last_state[active][rows] if j == 0 else states[j - 1][rows]
                 rows_mean, rows_std = space.draft(rows, a_progress[rows] + j, states[j][rows], previous)
                 next_state, mean_p, std_p = states[j].clone(), torch.zeros_like(states[0]), torch.zeros_like(states[0])
@@ -196,25 +243,24 @@ def run_rounds(
             draft_stds.append(std_p)
 
         # 2. verify: every (sample, position <= K_b) in one model call --------------------------------------
-        offsets, pair_a, pair_j = verification_layout(drafts)
         stacked = torch.stack(states, dim=1)  # (A, K_max + 1, ...)
-        verified = stacked.flatten(0, 1) if k_min == len(draft_means) else stacked[pair_a, pair_j]
+        verified = stacked.flatten(0, 1) if k_min == k_max else stacked[pair_a, pair_j]
         mean_q, std_q = space.verify(verified, a_progress[pair_a] + pair_j, pair_a)
 
         # 3. accept the longest prefix; the first rejection commits the coupled exact draw ------------------
-        new_state, stop = accept_prefix(
+        new_state, stop, stop_h = accept_prefix(
             states, draft_means, draft_stds, drafts, offsets, mean_q, std_q, generator,
             step_of=lambda samples, positions: space.step_label(a_progress[samples] + positions), temperature_of=temperature_of,
-            proposed=proposed, accepted_count=accepted_count,
+            proposed=proposed, accepted_count=accepted_count, verified_finite=space.verified_finite,
         )
 
         # 4. commit -----------------------------------------------------------------------------------------
         x[active] = new_state
-        progress[active] = a_progress + stop + 1
-        last_state[active] = stacked[torch.arange(active.numel()), stop]
+        progress[active_h] = a_progress_h + stop_h + 1
+        last_state[active] = stacked[every_row, stop]
         space.commit(offsets, stop)
-        stats.record_round(states=pair_a.numel(), rows=pair_a.numel() * space.rows_per_state, advances=stop + 1,
+        stats.record_round(states=pair_a_h.size, rows=pair_a_h.size * space.rows_per_state, advances=stop_h + 1,
                            proposed=proposed, accepted=accepted_count, calls=space.verify_calls)
         if after_round is not None:
-            after_round(x, progress, stats)
+            after_round(x, torch.from_numpy(progress.copy()), stats)
     return x

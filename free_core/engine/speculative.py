@@ -31,6 +31,7 @@ class DDPMSpace:
     def __init__(self, denoiser: GuidedDenoiser, drafter: Drafter, labels: torch.Tensor):
         self.denoiser, self.drafter, self.labels = denoiser, drafter, labels
         self.total_steps, self.rows_per_state, self.verify_calls = denoiser.num_steps, denoiser.branches, 1
+        self.verified_finite: torch.Tensor | None = None  # set by verify, read by the round with its decisions
         self.history_length = drafter.history_length
         self.last_output: torch.Tensor | None = None  # (n, branches, C', H, W) verified output at each sample's last state
         self.history: torch.Tensor | None = None  # (n, branches, m, T, D) verified top-block features, oldest first
@@ -87,7 +88,10 @@ class DDPMSpace:
         self.feature_rows, output_rows = denoiser.evaluate(states, i, self.labels[self.active[sample].to(states.device)])
         self.verify_calls = denoiser.chunks.last_calls  # more than 1 once the batch is split to fit in memory
         self.output_rows = output_rows
-        return denoiser.transition(denoiser.guided_output(output_rows), states, i)
+        guided = denoiser.guided_output(output_rows)
+        # The transition's own NaN check would read the device; the round reads this flag with its decisions instead.
+        self.verified_finite = torch.isfinite(guided).all()
+        return denoiser.transition(guided, states, i, check_finite=False)
 
     def commit(self, offsets: torch.Tensor, stop: torch.Tensor) -> None:
         active, branches, device = self.active, self.denoiser.branches, self.output_rows.device
@@ -110,9 +114,9 @@ class DDPMSpace:
             self.history = first.new_zeros((self.labels.shape[0], *first.shape[1:])).index_copy_(0, active.to(device), first)
         # Entry k of the new history is the verified state `m-1-k` positions before the chosen one in this round's
         # rows of the same sample, or, before the round's first state, an older history entry.
-        back = stop[:, None] - (m - 1) + torch.arange(m)[None]  # (A, m) positions in this round
+        back = stop[:, None] - (m - 1) + torch.arange(m, device=device)[None]  # (A, m) positions in this round
         from_round = features_by_state[(offsets[:, None] + back.clamp(min=0)).flatten()]
-        from_old = self.history[active][torch.arange(a_count)[:, None], :, (m + back).clamp(max=m - 1)]
+        from_old = self.history[active][torch.arange(a_count, device=device)[:, None], :, (m + back).clamp(max=m - 1)]
         from_round = from_round.unflatten(0, (a_count, m)).transpose(1, 2)  # (A, branches, m, T, D)
         from_old = from_old.transpose(1, 2)
         self.history[active] = torch.where((back >= 0)[:, None, :, None, None].to(device), from_round, from_old)

@@ -42,8 +42,9 @@ REPORT_NAME = "benchmarks-gpu"
 COMMAND = "bash tools/device_check.sh"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 LIMIT_DRAFT_LENGTHS = (2, 4, 6, 8)
-# The tests whose code paths differ on a GPU: CUDA generators, float64 on the device, the coupling and the rounds.
-DEVICE_TESTS = ("tests/test_exact_law.py", "tests/test_coupling.py", "tests/test_samplers.py")
+# The tests whose code paths differ on a GPU: CUDA generators, float64 on the device, the coupling and the rounds, and
+# the host synchronisations per round (counted by CUDA's sync debug mode there).
+DEVICE_TESTS = ("tests/test_exact_law.py", "tests/test_coupling.py", "tests/test_samplers.py", "tests/test_host_syncs.py")
 # Headline speedups quoted in issue 11 from the FREE paper (arXiv 2511.20390); printed beside projections, never measured here.
 PAPER_SPEEDUPS = "1.86x (DiT-XL/2, 512x512) and 2.25x"
 
