@@ -157,3 +157,21 @@ def test_train_tapped_drafter_command_stops_leaves_a_resume_file_and_carries_on(
     assert main(command) == 0
     drafter = load_token_drafter(out, identity)
     assert len(drafter.losses) == 30 and not resume.exists()
+
+
+def test_rows_verified_in_groups_keep_their_features_in_row_order(toy):
+    """A timestep range makes SigmaSpace verify each side of its boundary in its own call; the features by state
+    must come back in verification row order, or histories would be swapped between samples."""
+    from free_core.engine.tapped_sigma_space import TappedSigmaSpace, slots_by_state
+
+    _, denoise, tapped, identity = toy
+    sigmas = flow_sigmas(6)
+    states, progress = _noise(6, 8), torch.tensor([0, 3, 1, 4, 0, 5])
+    groups = lambda sigma_rows: (sigma_rows < sigmas[2]).long()  # noqa: E731
+    space = TappedSigmaSpace(denoise, tapped, _perturbed_drafter(identity), sigmas, {}, FLOW, states, row_groups=groups)
+    space.begin_round(torch.arange(6))
+    space.verify(states, progress, torch.arange(6))
+    assert space.verify_calls == 2
+    _, features = tapped.features(states, sigmas[progress].float())
+    assert torch.allclose(space.verified_features, slots_by_state(features, 6), atol=1e-5)
+    assert not torch.allclose(space.verified_features, space.verified_features.flip(0), atol=1e-3)

@@ -142,7 +142,8 @@ class SigmaSpace:
             (groups,) = to_host([self.row_groups(sigma)])
             group_ids = np.unique(groups)
             self.denoised, self.verify_calls = torch.empty_like(states), 0
-            for rows in to_device([np.flatnonzero(groups == group) for group in group_ids], states.device):
+            self.group_rows = to_device([np.flatnonzero(groups == group) for group in group_ids], states.device)
+            for rows in self.group_rows:
                 self.denoised[rows] = self.call_model(states[rows], sigma[rows])
                 self.verify_calls += self.chunks.last_calls
         return self.step(states, self.denoised, sigma, self.sigmas[progress + 1])

@@ -118,10 +118,9 @@ class TappedSigmaSpace(SigmaSpace):
         self.verified_pieces: list[torch.Tensor] = []  # features by state of each call_model, in call order
         transition = super().verify(states, progress, sample)
         features = torch.cat(self.verified_pieces)
-        if self.row_groups is not None:  # SigmaSpace verified each group of rows apart, groups in sorted order
-            groups = self.row_groups(self.sigmas[progress.to(self.sigmas.device)])
-            order = torch.cat([(groups == group).nonzero().flatten() for group in groups.unique()])
-            features = torch.empty_like(features).index_copy_(0, order.to(features.device), features)
+        if self.row_groups is not None:  # SigmaSpace verified each group of rows apart, in `group_rows` order
+            order = torch.cat(self.group_rows).to(features.device)
+            features = torch.empty_like(features).index_copy_(0, order, features)
         self.verified_features = features  # (states, S, T, D) in verification row order
         return transition
 
