@@ -8,9 +8,10 @@ ComfyUI's own classes (current tree: Flux, SD3, Wan, Qwen-Image) and the FREE Di
 
 import pytest
 
+from comfyui.tiny_comfy_models import FAMILIES
 from comfyui_trees import TREE_NAMES, run_runner, tree_for
 
-CURRENT_FAMILIES = ["flux", "sd3", "wan", "qwen"]
+CURRENT_FAMILIES = list(FAMILIES)  # tiny models from ComfyUI's own classes (tests/comfyui/tiny_comfy_models.py)
 ALPHA = 0.01
 
 

@@ -7,9 +7,10 @@ inside comfy.sample.sample_custom at CFG 2 on a batch of 2.
 
 import pytest
 
+from comfyui.tiny_comfy_models import FAMILIES
 from comfyui_trees import TREE_NAMES, run_runner, tree_for
 
-CURRENT_FAMILIES = ["flux", "sd3", "wan", "qwen"]  # tiny models from ComfyUI's own classes (tests/comfyui/tiny_comfy_models.py)
+CURRENT_FAMILIES = list(FAMILIES)  # tiny models from ComfyUI's own classes (tests/comfyui/tiny_comfy_models.py)
 
 
 @pytest.fixture(scope="module", params=TREE_NAMES)
