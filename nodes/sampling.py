@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import time
@@ -20,6 +21,8 @@ from ..free_core.frontdoor.generate import generate
 from ..free_core.frontdoor.options import (DEFAULT_DRAFT_LENGTH, DEFAULT_DRAFT_POLICY, DEFAULT_RELAX_STRENGTH, DEFAULT_STEPS, DRAFT_POLICIES,
                                  MAX_DRAFT_LENGTH, MAX_STEPS, SAMPLER_MODES, SamplerOptions)
 from ..free_core.engine.k_diffusion_sampler import AncestralStep, sample_free_euler_ancestral
+from ..free_core.engine.chunking import draft_length_that_fits
+from ..free_core.engine.draft_policy import DraftLengthPolicy
 from ..free_core.engine.drafter_interface import FrozenDrafter
 from ..free_core.engine.stats import SamplingStats
 from ..free_core.models.token_drafter import TokenDrafter
@@ -214,6 +217,23 @@ def cfg_branches(model, extra_args: dict | None) -> int:
     return max(branches, 1)
 
 
+def policy_that_fits(policy: DraftLengthPolicy, model, x: torch.Tensor, branches: int) -> DraftLengthPolicy:
+    """On a GPU, the policy with K lowered until (K + 1) x batch x branches rows fit in free memory by the model's own
+    estimate (`memory_required`), so a round stays one call; a copy, since a cached node hands the same policy to
+    later runs. A lowered K changes the image, not the law. On the CPU, out-of-memory chunking alone serves."""
+    if x.device.type == "cpu":
+        return policy
+    base = base_model(model)
+    fits = draft_length_that_fits(lambda rows: base.memory_required([rows, *x.shape[1:]]),
+                                  comfy.model_management.get_free_memory(x.device), x.shape[0] * branches, policy.longest)
+    if fits < policy.longest:
+        logging.info("FREE Sampler: K lowered from %d to %d so that a round's verification batch fits in memory",
+                     policy.longest, fits)
+    fitted = copy.copy(policy)
+    fitted.limit(fits)
+    return fitted
+
+
 def learned_drafter(drafter) -> TokenDrafter | None:
     """FREE Sampler's drafter input: a token drafter, or None for frozen drafts; the FREE DiT's own drafter is refused."""
     if drafter is None or isinstance(drafter, (FrozenDrafter, TokenDrafter)):
@@ -234,6 +254,7 @@ def _free_euler_ancestral(model, x, sigmas, extra_args=None, callback=None, disa
     boundaries = timestep_boundaries(conds)  # timestep / ControlNet ranges: verify each side of a boundary apart
     row_groups = (lambda sigma_rows: boundary_groups(sigma_rows, boundaries)) if boundaries else None
     step = AncestralStep(flow=is_flow_model(model), eta=eta, s_noise=s_noise)
+    options["draft_length"] = policy_that_fits(options["draft_length"], model, x, cfg_branches(model, extra_args))
     sink: list = []
     out = sample_free_euler_ancestral(model, x, sigmas, extra_args=extra_args, callback=callback, disable=disable,
                                       step=step, stats_sink=sink, cost_key=architecture_key(base_model(model)), row_groups=row_groups,

@@ -130,3 +130,20 @@ def test_chunks_join_tuples_and_halve_until_they_fit():
     rows, doubled = chunks(call, 13)
     assert torch.equal(rows, torch.arange(13)) and torch.equal(doubled, 2 * torch.arange(13))
     assert chunks.max_rows == 3 and chunks.last_calls == 5  # 13 -> 6 -> 3: chunks of 3, 3, 3, 3, 1
+
+
+def test_the_longest_draft_whose_verification_batch_fits_is_chosen_and_policies_obey_it():
+    from free_core.engine.chunking import draft_length_that_fits
+    from free_core.engine.draft_policy import AdaptiveDraftLength, FixedDraftLength
+
+    bytes_for_rows = lambda rows: 100.0 * rows  # noqa: E731
+    # 2 rows per state (cond, uncond): K = 3 needs 8 rows = 800 bytes, x1.5 = 1200
+    assert draft_length_that_fits(bytes_for_rows, 1200, 2, 6) == 3
+    assert draft_length_that_fits(bytes_for_rows, 1199, 2, 6) == 2
+    assert draft_length_that_fits(bytes_for_rows, 1e9, 2, 6) == 6
+    assert draft_length_that_fits(bytes_for_rows, 10, 2, 6) == 1  # chunking splits what does not fit
+    fixed, adaptive = FixedDraftLength(6), AdaptiveDraftLength(max_length=8)
+    fixed.limit(3), adaptive.limit(2)
+    assert (fixed.longest, adaptive.longest) == (3, 2)
+    fixed.limit(5)  # a limit never raises K
+    assert fixed.longest == 3

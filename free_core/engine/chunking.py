@@ -61,3 +61,15 @@ class RowChunks:
         LOG.warning("the %s of %d rows did not fit in memory; evaluating it in chunks of %d rows for the rest of "
                     "the run (the same outputs, more sequential calls)", self.what, tried, self.max_rows)
         return None
+
+
+def draft_length_that_fits(bytes_for_rows: Callable[[int], float], free_bytes: float, rows_per_state: int,
+                           draft_length: int, headroom: float = 1.5) -> int:
+    """The largest K <= draft_length whose verification batch, (K + 1) x rows_per_state rows, needs at most
+    free_bytes / headroom (ComfyUI's own 1.5x margin when it batches cond and uncond); 1 when none does, and the
+    batch is then split in chunks on an out-of-memory error like any other. Choosing K so, rather than always
+    chunking, keeps a round one model call where memory allows only a shorter draft."""
+    for length in range(draft_length, 0, -1):
+        if bytes_for_rows((length + 1) * rows_per_state) * headroom <= free_bytes:
+            return length
+    return 1

@@ -24,6 +24,15 @@ class DraftLengthPolicy:
     def next_length(self, stats: "SamplingStats") -> int:
         raise NotImplementedError
 
+    @property
+    def longest(self) -> int:
+        """The largest K this policy may choose."""
+        raise NotImplementedError
+
+    def limit(self, longest: int) -> None:
+        """Never choose a K above `longest` (e.g. the largest verification batch that fits in memory)."""
+        raise NotImplementedError
+
 
 class FixedDraftLength(DraftLengthPolicy):
     def __init__(self, length: int):
@@ -34,6 +43,13 @@ class FixedDraftLength(DraftLengthPolicy):
 
     def next_length(self, stats: "SamplingStats") -> int:
         return self.length
+
+    @property
+    def longest(self) -> int:
+        return self.length
+
+    def limit(self, longest: int) -> None:
+        self.length = min(self.length, max(longest, 1))
 
 
 class AdaptiveDraftLength(DraftLengthPolicy):
@@ -72,6 +88,13 @@ class AdaptiveDraftLength(DraftLengthPolicy):
         self.prior_acceptance, self.smoothing = prior_acceptance, smoothing
         self.rows_per_state = 1
         self._reset()
+
+    @property
+    def longest(self) -> int:
+        return self.max_length
+
+    def limit(self, longest: int) -> None:
+        self.max_length = min(self.max_length, max(longest, 1))
 
     def _reset(self) -> None:
         self.acceptance = self.prior_acceptance
