@@ -76,17 +76,31 @@ def sample_card(title: str, rows: list[tuple[str, Image.Image, str]]) -> Image.I
     return card
 
 
+LOADER_FOLDERS = {"FREEDiTLoader": "diffusion_models", "UNETLoader": "diffusion_models", "DualCLIPLoader": "text_encoders",
+                  "CLIPLoader": "text_encoders", "VAELoader": "vae"}
+WHAT_IT_DOES = {
+    "FREEDiTLoader": ["FREE strict on facebookresearch DiT-XL/2,", "training-free drafts; the same images'",
+                      "distribution with fewer sequential calls."],
+    "FREERecordTrajectories": ["Sample with your prompts: each run records", "a trajectory (plain euler_ancestral);",
+                               "then train a drafter on them."],
+    "FREESampler": ["FREE strict with your trained drafter:", "euler_ancestral's distribution with", "fewer sequential model calls."],
+}
+
+
 def download_card(title: str, workflow: dict) -> Image.Image:
-    (loader,) = nodes_of(workflow, "FREEDiTLoader")
-    (vae,) = nodes_of(workflow, "VAELoader")
+    """A card for a graph whose weights are not shipped: what it does and the files it needs."""
+    kind = next(k for k in WHAT_IT_DOES if nodes_of(workflow, k))
+    needs = [f"  models/{LOADER_FOLDERS[node['type']]}/{name}" for node in workflow["nodes"] if node["type"] in LOADER_FOLDERS
+             for name in node["widgets_values"] if isinstance(name, str) and name.endswith((".safetensors", ".pt"))]
     card = Image.new("RGB", CARD, BACKGROUND)
     draw = ImageDraw.Draw(card)
-    draw.text((16, 12), title, fill=INK, font=font(30))
-    lines = ["FREE strict on facebookresearch DiT-XL/2,", "training-free drafts; the same images'",
-             "distribution with fewer sequential calls.", "", "Needs (not shipped):",
-             f"  models/diffusion_models/{loader['widgets_values'][0]}", f"  models/vae/{vae['widgets_values'][0]}"]
+    draw.text((16, 12), title, fill=INK, font=font(30 if len(title) < 40 else 24))
+    lines = WHAT_IT_DOES[kind] + ["", "Needs (not shipped):"] + needs
+    top = 80
     for k, line in enumerate(lines):
-        draw.text((16, 80 + 44 * k), line, fill=INK if k < 3 else MUTED, font=font(26 if k < 3 else 22))
+        headline = k < 3
+        draw.text((16, top), line, fill=INK if headline else MUTED, font=font(26 if headline else 20))
+        top += 44 if headline else 32
     return card
 
 
@@ -95,7 +109,7 @@ def main() -> None:
     drafter = resolve_drafter("embedded", dit)
     for path in sorted((ROOT / "example_workflows").glob("*.json")):
         workflow = json.loads(path.read_text())
-        if nodes_of(workflow, "VAELoader"):
+        if nodes_of(workflow, "VAELoader"):  # weights that are not shipped
             card = download_card(path.stem, workflow)
         else:
             card = sample_card(path.stem, run_samplers(workflow, dit, drafter))

@@ -26,7 +26,7 @@ from pathlib import Path
 import learned_drafter_scenario  # this script's folder
 import tap_scenario
 from tiny_comfy_models import FAMILIES, tiny_comfy_model
-from workflow_files import embedded_weights_present, load_workflow, workflow_names
+from workflow_files import MODEL_WORKFLOWS, embedded_weights_present, load_workflow, workflow_names
 
 HERE = Path(__file__).resolve().parent
 OWN_TEST_FILE = {"top_block_tap", "learned_drafter"}  # run only when named: their test files ask for them alone
@@ -281,6 +281,7 @@ class Runner:
             "train_drafter": self.scenario_train_drafter,
             "errors": self.scenario_errors,
             "sampler_law": self.scenario_sampler_law,
+            "model_workflows": self.scenario_model_workflows,
             "top_block_tap": lambda: tap_scenario.run(self),
             "learned_drafter": lambda: learned_drafter_scenario.run(self),
         }
@@ -301,6 +302,8 @@ class Runner:
     def scenario_workflows(self) -> dict:
         results = {}
         for name in workflow_names(Path(self.pack_module.__file__).parent / "example_workflows"):
+            if name in MODEL_WORKFLOWS:  # their models cannot be downloaded here: scenario_model_workflows validates them
+                continue
             prompt = self.convert(self._workflow(name))
             result = self.execute(prompt)
             results[name] = {**_summarize(result, prompt), "classifier": self.verdicts(result, prompt)}
@@ -511,6 +514,24 @@ class Runner:
             "used": _summarize(used, use), "refused": _summarize(refused, mismatch),
             "interrupted_success": interrupted["success"], "interrupted_events": interrupted["events"],
         }
+
+    def scenario_model_workflows(self) -> dict:
+        """The Flux and Wan graphs (models that cannot be downloaded here), converted to API format with this tree's
+        node definitions and validated: the node errors, which should be the missing model files only."""
+        if not self.is_async:
+            return {}  # the 2024 tree has neither Flux nor Wan nodes
+        results = {}
+        for name in sorted(MODEL_WORKFLOWS):
+            prompt = self.convert(self._workflow(name))
+            valid = asyncio.run(self.execution.validate_prompt(str(uuid.uuid4()), prompt, None))
+            results[name] = {"class_types": sorted({node["class_type"] for node in prompt.values()}),
+                             "ok": valid[0], "node_errors": {
+                                 node: {"class_type": found["class_type"],
+                                        "errors": [[error["type"], error.get("extra_info", {}).get("input_name"),
+                                                    str(error.get("extra_info", {}).get("received_value"))]
+                                                   for error in found["errors"]]}
+                                 for node, found in valid[3].items()}}
+        return results
 
     def scenario_errors(self) -> dict:
         """Inputs a user can get wrong fail with a message that names the problem."""

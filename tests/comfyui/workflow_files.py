@@ -26,6 +26,10 @@ SEED_DIFF_FLOOR = 0.1
 CLASS_FRACTION_FLOOR = 0.5
 
 
+# Graphs for models a user downloads (Flux, Wan): validated in a current tree, not run (tools/make_workflows.py).
+MODEL_WORKFLOWS = {"free_flux_record", "free_flux", "free_wan_record", "free_wan"}
+
+
 def embedded_weights_present() -> bool:
     return all(path.is_file() for path in EMBEDDED_FILES)
 
