@@ -101,3 +101,35 @@ def test_replay_on_another_batch_or_feature_shape_is_refused_naming_both_shapes(
     with pytest.raises(ValueError, match="features for 2 calls, the tapped evaluation made 1"):
         tapped.with_features([tapped.calls[0].features] * 2)
     assert isinstance(tapped, TopBlockFeatures)
+
+
+class _PairModulatedLayer(torch.nn.Module):
+    """A final layer that takes its modulation as a (shift, scale) pair, as Chroma's does."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor, vec: tuple) -> torch.Tensor:
+        shift, scale = vec
+        return self.linear(x * (1 + scale) + shift)
+
+
+@torch.no_grad()
+def test_a_modulation_pair_is_tapped_as_its_tensors_and_the_replay_is_the_output():
+    torch.manual_seed(0)
+    layer, blocks = _PairModulatedLayer(), torch.nn.Module()
+    blocks.list = torch.nn.ModuleList([torch.nn.Linear(8, 8)])
+    shift, scale = torch.randn(2, 1, 8), torch.randn(2, 1, 8)
+
+    def denoise(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        for block in blocks.list:
+            x = block(x)
+        return layer(x, vec=(shift * sigma, scale))
+
+    x, sigma = torch.randn(2, 5, 8), torch.tensor(0.5)
+    tap = ModuleTap(denoise, layer, [(blocks, "list")])
+    denoised, tapped = tap.features(x, sigma)
+    (call,) = tapped.calls
+    assert len(call.modulation) == 2 and torch.equal(call.modulation[0], shift * sigma) and torch.equal(call.modulation[1], scale)
+    assert torch.equal(tap.replay(tapped, x, sigma), denoised)

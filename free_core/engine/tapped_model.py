@@ -164,8 +164,10 @@ def check_replayed(made: list[int], features: TopBlockFeatures) -> None:
 
 
 def _split_inputs(module: nn.Module, args: tuple, kwargs: dict) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
-    """(token features, the other tensor inputs) of a final-layer call, positional or keyword."""
+    """(token features, the other tensor inputs) of a final-layer call, positional or keyword; a tuple or list input
+    gives its tensors in order (Chroma's final layer takes its modulation as a (shift, scale) pair)."""
     inputs = list(args) + list(kwargs.values())
     if not inputs or not isinstance(inputs[0], torch.Tensor) or inputs[0].dim() != 3:
         raise RuntimeError(f"{type(module).__name__} did not get (B, T, D) token features as its first input")
-    return inputs[0], tuple(value.detach() for value in inputs[1:] if isinstance(value, torch.Tensor))
+    others = [part for value in inputs[1:] for part in (value if isinstance(value, (tuple, list)) else (value,))]
+    return inputs[0], tuple(value.detach() for value in others if isinstance(value, torch.Tensor))
