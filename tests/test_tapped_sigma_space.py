@@ -175,3 +175,31 @@ def test_rows_verified_in_groups_keep_their_features_in_row_order(toy):
     _, features = tapped.features(states, sigmas[progress].float())
     assert torch.allclose(space.verified_features, slots_by_state(features, 6), atol=1e-5)
     assert not torch.allclose(space.verified_features, space.verified_features.flip(0), atol=1e-3)
+
+
+def test_train_tapped_drafter_under_torchrun_averages_two_processes(toy, tmp_path):
+    """Two gloo processes: each draws its own minibatches and DDP averages their gradients, so the drafter differs from
+    the one process's with the same seed; rank 0 alone writes it."""
+    import os
+    import subprocess
+    import sys
+
+    from test_sample_ddp import REPO, free_port
+
+    _, _, tapped, identity = toy
+    recording = record_trajectories(tapped, identity, _noise(4, 0), flow_sigmas(8), {"seed": 0}, FLOW)[1]
+    save_recording(tmp_path / "recordings" / "0.safetensors", recording, identity)
+    arguments = ["train-tapped-drafter", "--recordings", str(tmp_path / "recordings"), "--steps", "4", "--batch-size",
+                 "2", "--device", "cpu"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                          str(free_port()), "-m", "free_core", *arguments, "--out", str(tmp_path / "two.safetensors")],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    one = subprocess.run([sys.executable, "-m", "free_core", *arguments, "--out", str(tmp_path / "one.safetensors")],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-3000:]
+    assert two.stdout.count("saved ") == 1  # rank 0 only
+    both, alone = (load_token_drafter(tmp_path / f"{name}.safetensors", identity) for name in ("two", "one"))
+    assert len(both.losses) == len(alone.losses) == 4
+    assert not torch.equal(both.fc1.weight, alone.fc1.weight)
