@@ -217,21 +217,67 @@ def cfg_branches(model, extra_args: dict | None) -> int:
     return max(branches, 1)
 
 
+UNVOUCHED_WRAPPERS = ("calc_cond_batch", "apply_model", "diffusion_model")  # WrappersMP kinds around a model call
+
+
+def model_patches_that_break_rows(model_options: dict | None) -> list[str]:
+    """Model patches strict cannot vouch for: wrappers of the model call and block replacements. A FREE round evaluates
+    states of several steps in one call; a patch that caches across calls (TeaCache, MagCache, EasyCache, FBCache)
+    or skips blocks on what it saw at the previous call would then compute other outputs than for the plain sampler."""
+    model_options = model_options or {}
+    found = []
+    if model_options.get("model_function_wrapper") is not None:
+        found.append("a model function wrapper (set_model_unet_function_wrapper)")
+    transformer_options = model_options.get("transformer_options") or {}
+    for kind in UNVOUCHED_WRAPPERS:
+        keys = [key for key, wrappers in (transformer_options.get("wrappers") or {}).get(kind, {}).items() if wrappers]
+        found += [f"a {kind} wrapper ({key})" for key in keys]
+    if (transformer_options.get("patches_replace") or {}).get("dit"):
+        found.append("block replacements (patches_replace['dit'])")
+    return found
+
+
+def refuse_model_patches(model_options: dict | None) -> None:
+    found = model_patches_that_break_rows(model_options)
+    if found:
+        raise ValueError(f"FREE Sampler (strict/relax) cannot vouch for these model patches: {', '.join(found)}. A round evaluates "
+                         "several steps' states in one call, which caching or block-skipping patches (TeaCache, MagCache, "
+                         "EasyCache, FBCache) answer differently from the plain sampler; remove the patch node, or use mode off")
+
+
 def policy_that_fits(policy: DraftLengthPolicy, model, x: torch.Tensor, branches: int) -> DraftLengthPolicy:
-    """On a GPU, the policy with K lowered until (K + 1) x batch x branches rows fit in free memory by the model's own
-    estimate (`memory_required`), so a round stays one call; a copy, since a cached node hands the same policy to
-    later runs. A lowered K changes the image, not the law. On the CPU, out-of-memory chunking alone serves."""
+    """On a GPU: first ask ComfyUI's memory management for the largest verification batch, (K + 1) x batch x branches
+    rows by the model's own estimate (`memory_required`), as its prepare_sampling asked for one step's, so that it
+    offloads other models now; then lower K until that batch fits in what is free, so a round stays one call. A copy,
+    since a cached node hands the same policy to later runs. A lowered K changes the image, not the law. On the CPU,
+    out-of-memory chunking alone serves."""
     if x.device.type == "cpu":
         return policy
     base = base_model(model)
-    fits = draft_length_that_fits(lambda rows: base.memory_required([rows, *x.shape[1:]]),
-                                  comfy.model_management.get_free_memory(x.device), x.shape[0] * branches, policy.longest)
+    rows_per_state = x.shape[0] * branches
+
+    def bytes_for_rows(rows: int) -> float:
+        return base.memory_required([rows, *x.shape[1:]])
+
+    patcher = _model_patcher(model)
+    if patcher is not None:  # the guider's MODEL: current ComfyUI; 2024 ComfyUI keeps no reference to it here
+        comfy.model_management.load_models_gpu([patcher], memory_required=bytes_for_rows((policy.longest + 1) * rows_per_state))
+    fits = draft_length_that_fits(bytes_for_rows, comfy.model_management.get_free_memory(x.device), rows_per_state,
+                                  policy.longest)
     if fits < policy.longest:
         logging.info("FREE Sampler: K lowered from %d to %d so that a round's verification batch fits in memory",
                      policy.longest, fits)
     fitted = copy.copy(policy)
     fitted.limit(fits)
     return fitted
+
+
+def _model_patcher(model):
+    """The ModelPatcher of the guider inside the k-diffusion model wrapper, if this ComfyUI keeps one there."""
+    inner = model
+    while inner is not None and not hasattr(inner, "model_patcher"):
+        inner = getattr(inner, "inner_model", None)
+    return None if inner is None else inner.model_patcher
 
 
 def learned_drafter(drafter) -> TokenDrafter | None:
@@ -247,6 +293,7 @@ def _free_euler_ancestral(model, x, sigmas, extra_args=None, callback=None, disa
                           stats_channel=None, node_id=None, token_drafter=None, **options):
     conds = processed_conds(model, extra_args)
     refuse_row_dependent_conditioning(conds)  # before any model call
+    refuse_model_patches((extra_args or {}).get("model_options"))
     if token_drafter is not None:  # refused now, before any model call, if it was trained for another model
         token_drafter.check_fits(tapped_identity(model), "the drafter")
         options.update(drafter=token_drafter.to(device=x.device, dtype=compute_dtype(model)), tapped=top_block_tap(model),

@@ -75,3 +75,13 @@ def test_a_flux_drafter_on_an_sd3_model_is_refused_naming_both(learned):
     message = scenario["mismatch_message"]
     assert message is not None and "was trained for comfy.ldm.flux.model.Flux" in message
     assert "but the model is comfy.ldm.modules.diffusionmodules.mmdit.OpenAISignatureMMDITWrapper" in message
+
+
+def test_caching_or_block_replacing_model_patches_are_refused_naming_them(learned):
+    """TeaCache-style patches answer a batch of several steps' states differently from one step's: strict refuses them."""
+    tree, scenario = learned
+    messages = scenario["patched_model_messages"]
+    assert sorted(messages) == (["diffusion_model_wrapper", "function_wrapper"] if tree == "current" else ["function_wrapper"])
+    assert "model function wrapper" in messages["function_wrapper"] and "use mode off" in messages["function_wrapper"]
+    if tree == "current":
+        assert "a diffusion_model wrapper (test_cache)" in messages["diffusion_model_wrapper"]

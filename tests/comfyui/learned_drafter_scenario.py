@@ -40,6 +40,8 @@ def run(runner) -> dict:
             results[family], drafters[family] = _family(runner, family, *models[family])
         except Exception:  # the report carries it; the pytest side names the family
             results[family] = {"crashed": traceback.format_exc()}
+    if "free_dit" in models:
+        results["patched_model_messages"] = _patched_model_messages(runner, *models["free_dit"])
     if "flux" in drafters and "sd3" in models:
         results["mismatch_message"] = _mismatch_message(runner, drafters["flux"], *models["sd3"])
     if "flux" in FAMILIES and hasattr(comfy.supported_models, FAMILIES["flux"][0]):
@@ -73,9 +75,8 @@ def _nodes(runner):
 def _sigmas(patcher, steps: int) -> torch.Tensor:
     import comfy.samplers
 
-    sampling = patcher.get_model_object("model_sampling")
-    if hasattr(comfy.samplers, "calculate_sigmas"):
-        return comfy.samplers.calculate_sigmas(sampling, "simple", steps).cpu()
+    if hasattr(patcher, "get_model_object"):  # current ComfyUI: the (possibly patched) model_sampling object
+        return comfy.samplers.calculate_sigmas(patcher.get_model_object("model_sampling"), "simple", steps).cpu()
     return comfy.samplers.calculate_sigmas_scheduler(patcher.model, "simple", steps).cpu()
 
 
@@ -130,6 +131,26 @@ def _mismatch_message(runner, drafter, patcher, positive, negative, latent) -> s
     except ValueError as error:
         return str(error)
     return None
+
+
+def _patched_model_messages(runner, patcher, positive, negative, latent) -> dict:
+    """FREE Sampler strict on the model with a caching-style patch: a model function wrapper, and (current tree) a
+    DIFFUSION_MODEL wrapper; each must be refused before sampling, naming it."""
+    *_, sampling = _nodes(runner)
+    patched = {"function_wrapper": patcher.clone()}
+    patched["function_wrapper"].set_model_unet_function_wrapper(lambda apply, args: apply(args["input"], args["timestep"], **args["c"]))
+    if hasattr(patcher, "add_wrapper_with_key"):
+        patched["diffusion_model_wrapper"] = patcher.clone()
+        patched["diffusion_model_wrapper"].add_wrapper_with_key("diffusion_model", "test_cache", lambda executor, *a, **k: executor(*a, **k))
+    messages = {}
+    for name, model in patched.items():
+        sampler, _ = sampling.FREESampler().get_sampler("strict", 4, "fixed", 0.0)
+        try:
+            _sample(model, sampler, positive, negative, latent, 0, _sigmas(model, 3))
+            messages[name] = None
+        except ValueError as error:
+            messages[name] = str(error)
+    return messages
 
 
 def _law_flux(runner) -> tuple:
