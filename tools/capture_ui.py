@@ -23,6 +23,9 @@ SHOTS = {  # workflow id -> (screenshot, canvas offset that puts the results in 
     "free_embedded": ("comfyui_embedded_after_run.png", [20, 40]),
     "free_compare_baseline_strict_relax": ("comfyui_compare_after_run.png", [-640, 30]),
 }
+STATIC_SHOTS = {  # workflow id -> (screenshot, canvas scale, offset): graphs whose models are not here, shown unrun
+    "free_flux": ("comfyui_flux_graph.png", 0.75, [30, 30]),
+}
 DONE = """() => window.app.graph._nodes.filter((node) => ['FREEStats', 'FREECompare'].includes(node.type))
     .every((node) => (node.widgets || []).some((w) => w.name === '$$node-text-preview' && w.value))"""
 
@@ -31,7 +34,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--url", required=True)
     parser.add_argument("--chromium", default="/usr/bin/chromium")
+    parser.add_argument("--only", nargs="*", help="screenshot file names to take (default: all)")
     args = parser.parse_args()
+    wanted = lambda name: not args.only or name in args.only  # noqa: E731
     workflows = {json.loads(p.read_text())["extra"]["free_workflow"]: p for p in (ROOT / "example_workflows").glob("*.json")}
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=args.chromium, headless=True, args=CHROMIUM_ARGS)
@@ -39,6 +44,8 @@ def main() -> None:
         page.goto(args.url)
         page.wait_for_function("() => window.app && window.app.graph && window.app.extensionManager", timeout=120_000)
         for workflow_id, (name, offset) in SHOTS.items():
+            if not wanted(name):
+                continue
             page.evaluate("async (workflow) => { await window.app.loadGraphData(workflow); }",
                           json.loads(workflows[workflow_id].read_text()))
             page.keyboard.press("Escape")
@@ -49,11 +56,23 @@ def main() -> None:
             page.wait_for_timeout(1500)
             page.screenshot(path=str(ROOT / "docs" / "images" / name))
             print("captured", name)
-        page.evaluate("async () => { await window.app.extensionManager.command.execute('Comfy.BrowseTemplates'); }")
-        page.get_by_text("ComfyUI-FREE", exact=True).first.click(timeout=60_000)
-        page.wait_for_timeout(1500)
-        page.screenshot(path=str(ROOT / "docs" / "images" / "comfyui_template_list.png"))
-        print("captured comfyui_template_list.png")
+        for workflow_id, (name, scale, offset) in STATIC_SHOTS.items():
+            if not wanted(name):
+                continue
+            page.evaluate("async (workflow) => { await window.app.loadGraphData(workflow); }",
+                          json.loads(workflows[workflow_id].read_text()))
+            page.keyboard.press("Escape")
+            page.evaluate("([scale, offset]) => { window.app.canvas.ds.scale = scale; window.app.canvas.ds.offset = offset; "
+                          "window.app.graph.setDirtyCanvas(true, true); }", [scale, offset])
+            page.wait_for_timeout(1500)
+            page.screenshot(path=str(ROOT / "docs" / "images" / name))
+            print("captured", name)
+        if wanted("comfyui_template_list.png"):
+            page.evaluate("async () => { await window.app.extensionManager.command.execute('Comfy.BrowseTemplates'); }")
+            page.get_by_text("ComfyUI-FREE", exact=True).first.click(timeout=60_000)
+            page.wait_for_timeout(1500)
+            page.screenshot(path=str(ROOT / "docs" / "images" / "comfyui_template_list.png"))
+            print("captured comfyui_template_list.png")
         browser.close()
 
 
