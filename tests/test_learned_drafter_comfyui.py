@@ -30,6 +30,8 @@ def _assert_learned_beats_frozen(result: dict, family: str) -> None:
     assert learned["acceptance"] > frozen["acceptance"] + 0.05, f"{family}: learned {learned} vs frozen {frozen}"
     assert learned["calls"] < learned["steps"], f"{family}: drafting saved no model call"
     assert result["hooks_left"] == 0, f"{family}: hooks left on the final layer"
+    adaptive = result["runs"]["adaptive"]  # the nodes' default policy prices the learned drafting pass and samples
+    assert adaptive["draft_length"] == "adaptive" and adaptive["calls"] <= adaptive["steps"]
     assert result["ui_text"].startswith("saved ") and f"{result['recordings']} recordings" in result["ui_text"]
 
 
@@ -41,7 +43,7 @@ def test_free_dit_drafter_is_recorded_trained_loaded_and_sampled_with_through_th
     assert "crashed" not in result, result.get("crashed")
     assert result["ui_text"].startswith("saved ") and f"{result['recordings']} recordings" in result["ui_text"]
     assert result["hooks_left"] == 0
-    for run in ("frozen", "learned"):
+    for run in ("frozen", "learned", "adaptive"):
         assert result["runs"][run]["calls"] <= result["runs"][run]["steps"]
 
 

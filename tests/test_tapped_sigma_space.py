@@ -5,6 +5,8 @@ with guidance in the batch (two feature slots per state); recording is the plain
 trained on recorded trajectories beats frozen drafts on held-out seeds; a drafter for another model is refused.
 """
 
+import json
+
 import pytest
 import torch
 
@@ -203,3 +205,24 @@ def test_train_tapped_drafter_under_torchrun_averages_two_processes(toy, tmp_pat
     both, alone = (load_token_drafter(tmp_path / f"{name}.safetensors", identity) for name in ("two", "one"))
     assert len(both.losses) == len(alone.losses) == 4
     assert not torch.equal(both.fc1.weight, alone.fc1.weight)
+
+
+def test_adaptive_draft_length_times_a_learned_drafting_pass_and_samples_reproducibly(toy, tmp_path, monkeypatch):
+    """The nodes' default policy prices a learned drafting pass (a tail replay with the drafter in it) once, on disk,
+    and then samples the same bits in a second run."""
+    from free_core.engine.draft_policy import AdaptiveDraftLength
+
+    monkeypatch.setenv("FREE_COST_CACHE", str(tmp_path / "costs"))
+    _, denoise, tapped, identity = toy
+    drafter, x = _perturbed_drafter(identity), _noise(8, 9)
+    runs = [_free(denoise, tapped, drafter, x, seed=3, draft_length=AdaptiveDraftLength(max_length=4), cost_key="toy")
+            for _ in range(2)]
+    (first, stats), (second, _) = runs
+    assert torch.equal(first, second) and stats.draft_length == "adaptive"
+    keys = [json.loads(path.read_text())["key"] for path in (tmp_path / "costs").iterdir()]
+    assert any("sigma drafting pass" in key and "TokenDrafterConfig" in key for key in keys)  # the learned pass, priced
+    # where verification is (said to be) free, adaptive drafts with the learned drafter, and strict stays exact in law
+    # (the energy tests above); here: it drafts and saves calls
+    flat = AdaptiveDraftLength(max_length=4, cost_curve={rows: 1.0 for rows in range(1, 41)})
+    _, drafting = _free(denoise, tapped, drafter, x, seed=3, draft_length=flat)
+    assert max(drafting.draft_lengths) > 0 and drafting.sequential_dit_calls < 12

@@ -112,6 +112,10 @@ def _family(runner, family: str, patcher, positive, negative, latent) -> tuple[d
             proposed, accepted = proposed + sum(stats.proposed_per_step), accepted + sum(stats.accepted_per_step)
             calls += stats.sequential_dit_calls
         runs[name] = {"acceptance": accepted / max(proposed, 1), "calls": calls, "steps": STEPS * len(HELD_OUT_SEEDS)}
+    sampler, channel = sampling.FREESampler().get_sampler("strict", 4, "adaptive", 0.0, drafter=drafter)  # the default
+    _sample(patcher, sampler, positive, negative, latent, HELD_OUT_SEEDS[0], sigmas)
+    runs["adaptive"] = {"draft_length": channel.latest.draft_length, "calls": channel.latest.sequential_dit_calls,
+                        "steps": STEPS}
     final_layer = _final_layer(runner, patcher)
     return {"runs": runs, "record_s": record_s, "train_s": train_s, "ui_text": trained["ui"]["text"][0],
             "recordings": len(RECORD_SEEDS), "hooks_left": len(final_layer._forward_pre_hooks)}, drafter
