@@ -4,9 +4,9 @@ comfy.sample.sample_custom, as a graph with SamplerCustom runs them.
 
 Per family: FREE Record Trajectories samples a few seeds at CFG 2 (recording cond and uncond), FREE Train Tapped
 Drafter trains a drafter on the files, FREE Drafter Loader loads it for the model, and FREE Sampler (strict, fixed
-K 4) samples held-out seeds with frozen drafts and with the drafter. On Flux (current tree), strict with the
-learned drafter is compared with core euler_ancestral by the energy two-sample test, and so is a negative control
-that accepts every draft.
+K 4) samples held-out seeds with frozen drafts and with the drafter. For every family of the current tree, strict
+with a learned-architecture drafter is compared with core euler_ancestral by the energy two-sample test, and so is a
+negative control that accepts every draft.
 """
 
 from __future__ import annotations
@@ -44,11 +44,12 @@ def run(runner) -> dict:
         results["patched_model_messages"] = _patched_model_messages(runner, *models["free_dit"])
     if "flux" in drafters and "sd3" in models:
         results["mismatch_message"] = _mismatch_message(runner, drafters["flux"], *models["sd3"])
-    if "flux" in FAMILIES and hasattr(comfy.supported_models, FAMILIES["flux"][0]):
-        try:
-            results["law"] = _law(runner, *_law_flux(runner))
-        except Exception:
-            results["law"] = {"crashed": traceback.format_exc()}
+    for family, (config_name, *_) in FAMILIES.items():
+        if hasattr(comfy.supported_models, config_name):
+            try:
+                results[f"law_{family}"] = _law(runner, *_law_setup(runner, family))
+            except Exception:
+                results[f"law_{family}"] = {"crashed": traceback.format_exc()}
     return results
 
 
@@ -157,17 +158,30 @@ def _patched_model_messages(runner, patcher, positive, negative, latent) -> dict
     return messages
 
 
-def _law_flux(runner) -> tuple:
-    """(its trained drafter, model, conditionings, latent) of a tiny Flux whose output weighs more: the final layer
-    x5 and a 16x4x4 latent, so that 1500 samples tell the always-accept control from the plain law (at the shared
-    tiny Flux's scale, 500 samples of 16x8x8 did not: p = 0.33)."""
-    config_name, unet, conds, _ = FAMILIES["flux"]
-    patcher, positive, negative, latent = tiny_comfy_model(config_name, unet, conds, (2, 16, 4, 4))
+def _law_setup(runner, family: str) -> tuple:
+    """(drafter, model, conditionings, latent) for the law test of a family: the tiny model with a 4x4 latent (one frame
+    of video), and a fresh drafter for it with its weights perturbed (seeded), so that its drafts are often rejected:
+    strict's law does not depend on the drafter, and the always-accept control has power (a trained drafter's drafts
+    are so close that 1500 samples did not tell always-accept from the plain law on the tiny Qwen-Image: p = 0.76)."""
+    pack = runner.pack_module.__name__
+    training = importlib.import_module(pack + ".free_core.training.train_tapped_drafter")
+    folders = importlib.import_module(pack + ".nodes.model_folders")
+    recording, *_ = _nodes(runner)
+    config_name, unet, conds, shape = FAMILIES[family]
+    shape = (*shape[:2], *([1] if len(shape) == 5 else []), 4, 4)
+    patcher, positive, negative, latent = tiny_comfy_model(config_name, unet, conds, shape)
+    name = f"{family}_law"
+    (recorder,) = recording.FREERecordTrajectories().get_sampler(recordings=name, max_tokens=0)
+    _sample(patcher, recorder, positive, negative, latent, 0, _sigmas(patcher, 4))  # sizes the drafter
+    recorded, identity = training.load_recordings(folders.recordings_folder(name, must_exist=True))
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        drafter = training.drafter_for_recordings(recorded, identity, training.TappedDrafterTrainConfig())
+    generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
-        for parameter in patcher.model.diffusion_model.final_layer.parameters():
-            parameter.mul_(5.0)
-    _, drafter = _family(runner, "flux_law", patcher, positive, negative, latent)
-    return drafter, patcher, positive, negative, latent
+        for parameter in drafter.parameters():
+            parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.05)
+    return drafter.eval(), patcher, positive, negative, latent
 
 
 def _law(runner, drafter, patcher, positive, negative, latent) -> dict:

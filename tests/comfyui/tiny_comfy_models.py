@@ -75,6 +75,10 @@ def tiny_comfy_model(config_name: str, unet: dict, conds, latent_shape: tuple):
     generator = torch.Generator().manual_seed(0)
     for parameter in model.diffusion_model.parameters():  # ComfyUI's layers skip initialization
         parameter.data = torch.randn(parameter.shape, generator=generator) * 0.05
+    # Some buffers are torch.empty too (SD3's pos_embed): arbitrary memory, NaN included, different in every process.
+    for buffer in model.diffusion_model.buffers():
+        if buffer.is_floating_point():
+            buffer.copy_(torch.randn(buffer.shape, generator=generator) * 0.05)
     cpu = torch.device("cpu")
     patcher = comfy.model_patcher.ModelPatcher(model, load_device=cpu, offload_device=cpu)
     return patcher, conds(generator), conds(generator), torch.zeros(latent_shape)
