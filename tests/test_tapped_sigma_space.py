@@ -84,6 +84,8 @@ def test_learned_drafts_depend_on_the_drafter_and_runs_are_reproducible(toy):
     assert torch.equal(first, again)
     assert stats.accepted_per_step != other_stats.accepted_per_step  # the drafter decides what is accepted
     assert stats.sequential_dit_calls < 12  # drafting saved model calls
+    assert stats.drafter == "learned" and "(learned drafts)" in stats.canvas_text().splitlines()[1]
+    assert "learned drafts" in stats.summary() and stats.to_dict()["drafter"] == "learned"
 
 
 def test_recording_is_the_plain_sampler_and_keeps_every_branch_and_step(toy, tmp_path):

@@ -239,7 +239,8 @@ def sample_free_euler_ancestral(
     started = time.perf_counter()
     n, total_steps = x.shape[0], len(sigmas) - 1
     sigmas = sigmas.to(x.device)
-    stats = SamplingStats(f"free-euler-ancestral-{mode}", total_steps, n, draft_length=policy.label)
+    stats = SamplingStats(f"free-euler-ancestral-{mode}", total_steps, n, draft_length=policy.label,
+                          drafter="frozen" if drafter is None else "learned")
     callback = timed_callback(callback, stats)
     if (drafter is None) != (tapped is None):
         raise ValueError("a learned drafter needs the tapped model and the tapped model a drafter: give both or neither")

@@ -59,6 +59,7 @@ class SamplingStats:
     chunk_rows: int | None = None  # rows per model call once a batch did not fit in memory (None: never split)
     calibration_s: float = 0.0  # before sampling, measuring this device's costs for adaptive K (once per machine)
     callback_s: float = 0.0  # mean time of one progress callback (a UI's progress bar, previews), which runs per round
+    drafter: str = ""  # what drafted, where the sampler says: "frozen" or "learned" (sigma space)
 
     def __post_init__(self) -> None:
         if not self.proposed_per_step:
@@ -130,7 +131,8 @@ class SamplingStats:
         the wall clock against the plain sampler in words."""
         calls, steps = self.sequential_dit_calls, self.num_steps
         lines = [f"{calls} DiT calls for {steps} steps" + (f" ({self.call_reduction():.2f}x fewer)" if calls < steps else "")]
-        lines.append((f"acceptance {self.acceptance_rate:.2f}, " if sum(self.proposed_per_step) else "")
+        drafts = f" ({self.drafter} drafts)" if self.drafter else ""
+        lines.append((f"acceptance {self.acceptance_rate:.2f}{drafts}, " if sum(self.proposed_per_step) else "")
                      + f"{self.wall_time_s:.2f} s")
         plain = self.plain_wall_estimate_s()
         if plain and self.wall_time_s:
@@ -164,6 +166,7 @@ class SamplingStats:
             "chunk_rows": self.chunk_rows,
             "calibration_s": self.calibration_s,
             "callback_s": self.callback_s,
+            "drafter": self.drafter,
         }
 
     def summary(self) -> str:
@@ -183,7 +186,7 @@ class SamplingStats:
         if sum(self.proposed_per_step):
             histogram = " ".join(f"{k}:{v}" for k, v in sorted(self.advance_histogram.items()))
             lines += [
-                f"draft length         {self.draft_length}",
+                f"draft length         {self.draft_length}" + (f", {self.drafter} drafts" if self.drafter else ""),
                 f"acceptance           {self.acceptance_rate:.3f} of {sum(self.proposed_per_step)} drafted transitions",
                 f"steps per round      mean {self.mean_advance:.2f}; histogram {histogram}",
             ]
