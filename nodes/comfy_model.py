@@ -135,9 +135,15 @@ def class_conditioning(label: int, name: str) -> list:
     return [[torch.zeros(1, 1, 1), {LABEL_KEY: torch.tensor([label], dtype=torch.long), "free_class_name": name}]]
 
 
-def base_model(model):
-    """The BaseModel inside the k-diffusion model wrapper (KSamplerX0Inpaint -> guider -> BaseModel)."""
+def wrapped_with(model, attribute: str):
+    """The first object along the k-diffusion model wrapper's `inner_model` chain (KSamplerX0Inpaint -> guider ->
+    BaseModel) that has `attribute`; None if none has."""
     inner = model
-    while inner is not None and not hasattr(inner, "model_sampling"):
+    while inner is not None and not hasattr(inner, attribute):
         inner = getattr(inner, "inner_model", None)
     return inner
+
+
+def base_model(model):
+    """The BaseModel inside the k-diffusion model wrapper (KSamplerX0Inpaint -> guider -> BaseModel)."""
+    return wrapped_with(model, "model_sampling")

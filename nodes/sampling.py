@@ -27,7 +27,7 @@ from ..free_core.engine.drafter_interface import FrozenDrafter
 from ..free_core.engine.stats import SamplingStats
 from ..free_core.models.token_drafter import TokenDrafter
 from .canvas_text import show_on_node
-from .comfy_model import base_model, free_dit_of, labels_from_conditioning
+from .comfy_model import base_model, free_dit_of, labels_from_conditioning, wrapped_with
 from .tap import tapped_identity, top_block_tap
 
 MODE_TOOLTIP = "strict: exactly the plain sampler's law; relax: faster, approximate; off: plain ancestral baseline"
@@ -274,10 +274,8 @@ def policy_that_fits(policy: DraftLengthPolicy, model, x: torch.Tensor, branches
 
 def _model_patcher(model):
     """The ModelPatcher of the guider inside the k-diffusion model wrapper, if this ComfyUI keeps one there."""
-    inner = model
-    while inner is not None and not hasattr(inner, "model_patcher"):
-        inner = getattr(inner, "inner_model", None)
-    return None if inner is None else inner.model_patcher
+    guider = wrapped_with(model, "model_patcher")
+    return None if guider is None else guider.model_patcher
 
 
 def learned_drafter(drafter) -> TokenDrafter | None:
@@ -301,11 +299,12 @@ def _free_euler_ancestral(model, x, sigmas, extra_args=None, callback=None, disa
     boundaries = timestep_boundaries(conds)  # timestep / ControlNet ranges: verify each side of a boundary apart
     row_groups = (lambda sigma_rows: boundary_groups(sigma_rows, boundaries)) if boundaries else None
     step = AncestralStep(flow=is_flow_model(model), eta=eta, s_noise=s_noise)
-    options["draft_length"] = policy_that_fits(options["draft_length"], model, x, cfg_branches(model, extra_args))
+    branches = cfg_branches(model, extra_args)
+    options["draft_length"] = policy_that_fits(options["draft_length"], model, x, branches)
     sink: list = []
     out = sample_free_euler_ancestral(model, x, sigmas, extra_args=extra_args, callback=callback, disable=disable,
                                       step=step, stats_sink=sink, cost_key=architecture_key(base_model(model)), row_groups=row_groups,
-                                      cfg_branches=cfg_branches(model, extra_args), measure_plain_step=True,
+                                      cfg_branches=branches, measure_plain_step=True,
                                       on_round=lambda stats: show_on_node(node_id, stats.progress_line()), **options)
     _report(sink[0], stats_channel, node_id)
     return out

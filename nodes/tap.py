@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
+import comfy.model_patcher
+
 from ..free_core.engine.tapped_model import ModuleTap
 from ..free_core.models.token_drafter import TappedModelIdentity, final_layer_fingerprint
 from .comfy_model import DiTEpsAdapter, base_model
@@ -55,7 +57,7 @@ def tap_site(diffusion_model: nn.Module) -> TapSite:
 
 def diffusion_model_of(model) -> nn.Module:
     """The diffusion model inside a k-diffusion model wrapper (what a sampler function gets) or a MODEL (ModelPatcher)."""
-    base = base_model(getattr(model, "model", model)) if hasattr(model, "model_options") else base_model(model)
+    base = base_model(model.model if isinstance(model, comfy.model_patcher.ModelPatcher) else model)
     if base is None or not hasattr(base, "diffusion_model"):
         raise ValueError(f"FREE found no ComfyUI model inside {type(model).__name__} to tap")
     return base.diffusion_model

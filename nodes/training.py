@@ -9,10 +9,9 @@ import comfy.utils
 
 from ..free_core.models.free_drafter import save_drafter
 from ..free_core.training.fit_in_process import fit_drafter
-from ..free_core.models.token_drafter import load_token_drafter, save_token_drafter
 from ..free_core.training.train_drafter import DrafterTrainConfig
-from ..free_core.training.train_tapped_drafter import (TappedDrafterTrainConfig, drafter_for_recordings, load_recordings,
-                                                       train_tapped_drafter)
+from ..free_core.training.train_tapped_drafter import (TappedDrafterTrainConfig, load_recordings, resumed_or_fresh_drafter,
+                                                       save_trained, train_tapped_drafter)
 from .comfy_model import free_dit_of
 from .model_folders import drafter_save_path, recordings_folder
 
@@ -88,26 +87,21 @@ class FREETrainTappedDrafter:
         path = drafter_save_path(filename)
         recorded, identity = load_recordings(recordings_folder(recordings, must_exist=True))
         config = TappedDrafterTrainConfig(train_steps=train_steps, batch_size=batch_size, unroll=unroll, seed=seed % (2**31))
-        resume = path + ".resume"
-        drafter = None
-        if os.path.isfile(resume):  # an interrupted run of this filename: carry on where it stopped
-            drafter = load_token_drafter(resume, identity)
-            config.losses = list(drafter.losses)
+        resume = path + ".resume"  # an interrupted run of this filename: carry on where it stopped
+        drafter = resumed_or_fresh_drafter(resume, recorded, identity, config)
         progress = comfy.utils.ProgressBar(train_steps)
 
         def on_progress(done: int, total: int, loss: float) -> None:
             comfy.model_management.throw_exception_if_processing_interrupted()
             progress.update_absolute(done, total)
 
-        sampling_steps = tuple(sorted({int(r["features"].shape[0]) for r in recorded}))
-        drafter = drafter or drafter_for_recordings(recorded, identity, config)
         try:
             drafter, losses = train_tapped_drafter(recorded, identity, config, comfy.model_management.get_torch_device(),
                                                    on_progress, drafter=drafter)
         except comfy.model_management.InterruptProcessingException:
-            save_token_drafter(resume, drafter, config.losses, len(recorded), sampling_steps)
+            save_trained(resume, drafter, config.losses, recorded)
             raise
-        save_token_drafter(path, drafter, losses, len(recorded), sampling_steps)
+        save_trained(path, drafter, losses, recorded)
         if os.path.isfile(resume):
             os.remove(resume)
         return {"ui": {"text": [f"saved {path} ({len(recorded)} recordings, {len(losses)} steps, "

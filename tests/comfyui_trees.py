@@ -79,3 +79,13 @@ def run_runner(tree: Tree, work: Path, only: str = "", timeout: int = 1200) -> d
     (work / "runner.log").write_text(run.stdout + run.stderr)
     assert run.returncode == 0 and out.is_file(), f"runner failed ({tree.name}):\n{(run.stdout + run.stderr)[-6000:]}"
     return json.loads(out.read_text())
+
+
+def scenario_in_tree(tree_name: str, work_root, scenario: str, timeout: int) -> tuple[str, dict]:
+    """(tree, report) of one runner scenario run alone in the tree (a fresh work folder under `work_root`, a
+    pytest tmp_path_factory); fails with the scenario's traceback if it crashed."""
+    tree = tree_for(tree_name)
+    report = run_runner(tree, work_root.mktemp(f"{scenario}_{tree.name}"), only=scenario, timeout=timeout)
+    found = report["scenarios"][scenario]
+    assert "crashed" not in found, found.get("crashed")
+    return report["tree"], found

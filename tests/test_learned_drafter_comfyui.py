@@ -9,7 +9,7 @@ ComfyUI's own classes (current tree: Flux, SD3, Wan, Qwen-Image) and the FREE Di
 import pytest
 
 from comfyui.tiny_comfy_models import FAMILIES
-from comfyui_trees import TREE_NAMES, run_runner, tree_for
+from comfyui_trees import TREE_NAMES, scenario_in_tree
 
 CURRENT_FAMILIES = list(FAMILIES)  # tiny models from ComfyUI's own classes (tests/comfyui/tiny_comfy_models.py)
 ALPHA = 0.01
@@ -17,11 +17,7 @@ ALPHA = 0.01
 
 @pytest.fixture(scope="module", params=TREE_NAMES)
 def learned(request, tmp_path_factory):
-    tree = tree_for(request.param)
-    report = run_runner(tree, tmp_path_factory.mktemp(f"learned_{tree.name}"), only="learned_drafter", timeout=1200)
-    scenario = report["scenarios"]["learned_drafter"]
-    assert "crashed" not in scenario, scenario.get("crashed")
-    return report["tree"], scenario
+    return scenario_in_tree(request.param, tmp_path_factory, "learned_drafter", timeout=1200)
 
 
 def _assert_learned_beats_frozen(result: dict, family: str) -> None:

@@ -8,18 +8,14 @@ inside comfy.sample.sample_custom at CFG 2 on a batch of 2.
 import pytest
 
 from comfyui.tiny_comfy_models import FAMILIES
-from comfyui_trees import TREE_NAMES, run_runner, tree_for
+from comfyui_trees import TREE_NAMES, scenario_in_tree
 
 CURRENT_FAMILIES = list(FAMILIES)  # tiny models from ComfyUI's own classes (tests/comfyui/tiny_comfy_models.py)
 
 
 @pytest.fixture(scope="module", params=TREE_NAMES)
 def tapped(request, tmp_path_factory):
-    tree = tree_for(request.param)
-    report = run_runner(tree, tmp_path_factory.mktemp(f"tap_{tree.name}"), only="top_block_tap", timeout=600)
-    scenario = report["scenarios"]["top_block_tap"]
-    assert "crashed" not in scenario, scenario.get("crashed")
-    return report["tree"], scenario
+    return scenario_in_tree(request.param, tmp_path_factory, "top_block_tap", timeout=600)
 
 
 def _families(tree: str) -> list[str]:

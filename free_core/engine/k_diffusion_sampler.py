@@ -247,7 +247,7 @@ def sample_free_euler_ancestral(
     if drafter is None:
         space = SigmaSpace(model, sigmas, extra_args, step, x, row_groups, cfg_branches)
     else:
-        from .tapped_sigma_space import TappedSigmaSpace, drafting_pass
+        from .tapped_sigma_space import TappedSigmaSpace, drafting_pass  # here: that module builds on this one
         space = TappedSigmaSpace(model, tapped, drafter, sigmas, extra_args, step, x, row_groups, cfg_branches,
                                  **({} if model_input is None else {"model_input": model_input}))
 

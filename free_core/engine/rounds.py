@@ -95,6 +95,28 @@ def draft_layout(drafts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.nonzero(np.arange(drafts.max(initial=0))[:, None] < drafts[None])
 
 
+def advance_history(history: torch.Tensor | None, active: torch.Tensor, by_state: torch.Tensor, offsets: torch.Tensor,
+                    stop: torch.Tensor, m: int, samples: int) -> torch.Tensor:
+    """The feature history (n, m, ...) of every sample after a round (None before the first): for active sample a, the last m verified states its chain moved
+    through (rows offsets[a] .. offsets[a] + stop[a] of `by_state`), older entries from its previous history.
+
+    The first round (no history yet) pads with the first verified features, so the drafter's difference is zero.
+    """
+    chosen = offsets + stop
+    if history is None:
+        first = by_state[chosen].unsqueeze(1).repeat_interleave(m, dim=1)  # (A, m, ...)
+        history = first.new_zeros((samples, *first.shape[1:]))
+        history[active] = first
+        return history
+    back = stop[:, None] - (m - 1) + torch.arange(m, device=stop.device)[None]  # (A, m) positions in this round
+    from_round = by_state[(offsets[:, None] + back.clamp(min=0)).flatten()].unflatten(0, back.shape)
+    old = history[active]
+    from_old = old[torch.arange(active.numel(), device=old.device)[:, None], (m + back).clamp(max=m - 1)]
+    keep_round = (back >= 0).reshape(*back.shape, *([1] * (from_round.dim() - 2))).to(from_round.device)
+    history[active] = torch.where(keep_round, from_round, from_old.to(from_round.dtype))
+    return history
+
+
 def accept_prefix(
     states: list[torch.Tensor],
     draft_means: list[torch.Tensor],

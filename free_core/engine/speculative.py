@@ -18,7 +18,7 @@ from .denoiser import GuidedDenoiser
 from .draft_policy import DraftLengthPolicy
 from .drafter_interface import DraftContext, Drafter
 from .relax import relax_temperature
-from .rounds import check_options, run_rounds
+from .rounds import advance_history, check_options, run_rounds
 from .sampling import Callback, check_sampler_inputs
 from .stats import SamplingStats, timed_callback
 
@@ -94,7 +94,7 @@ class DDPMSpace:
         return denoiser.transition(guided, states, i, check_finite=False)
 
     def commit(self, offsets: torch.Tensor, stop: torch.Tensor) -> None:
-        active, branches, device = self.active, self.denoiser.branches, self.output_rows.device
+        active, branches = self.active, self.denoiser.branches
         chosen_rows = offsets + stop
         output_by_state = self.output_rows.unflatten(0, (-1, branches))
         a_count = active.numel()
@@ -109,17 +109,10 @@ class DDPMSpace:
         if plain_step and self.history is not None:  # the general update below, for stop = 0 everywhere
             self.history[active] = torch.cat([self.history[active][:, :, 1:], features_by_state.unsqueeze(2)], dim=2)
             return
-        if self.history is None:  # first round (one state per sample): pad with the first verified features
-            first = features_by_state[chosen_rows].unsqueeze(2).repeat(1, 1, m, 1, 1)
-            self.history = first.new_zeros((self.labels.shape[0], *first.shape[1:])).index_copy_(0, active.to(device), first)
-        # Entry k of the new history is the verified state `m-1-k` positions before the chosen one in this round's
-        # rows of the same sample, or, before the round's first state, an older history entry.
-        back = stop[:, None] - (m - 1) + torch.arange(m, device=device)[None]  # (A, m) positions in this round
-        from_round = features_by_state[(offsets[:, None] + back.clamp(min=0)).flatten()]
-        from_old = self.history[active][torch.arange(a_count, device=device)[:, None], :, (m + back).clamp(max=m - 1)]
-        from_round = from_round.unflatten(0, (a_count, m)).transpose(1, 2)  # (A, branches, m, T, D)
-        from_old = from_old.transpose(1, 2)
-        self.history[active] = torch.where((back >= 0)[:, None, :, None, None].to(device), from_round, from_old)
+        # advance_history keeps the step axis second: the history is (n, branches, m, T, D), seen as (n, m, branches, T, D)
+        old = None if self.history is None else self.history.transpose(1, 2)
+        self.history = advance_history(old, active, features_by_state, offsets, stop, m,
+                                       samples=self.labels.shape[0]).transpose(1, 2)
 
     def temperature(self, step_label: torch.Tensor, strength: float) -> torch.Tensor:
         return relax_temperature(self.denoiser.diffusion, step_label, strength).to(self.output_rows.device)

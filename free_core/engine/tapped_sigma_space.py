@@ -20,6 +20,7 @@ from typing import Callable
 import torch
 
 from .k_diffusion_sampler import AncestralStep, Model, SigmaSpace
+from .rounds import advance_history
 from .tapped_model import TappedModel, TopBlockCall, TopBlockFeatures
 from ..models.token_drafter import TokenDrafter, latent_patches
 
@@ -138,28 +139,6 @@ class TappedSigmaSpace(SigmaSpace):
         super().commit(offsets, stop)
         self.history = advance_history(self.history, self.active, self.verified_features, offsets, stop,
                                        self.drafter.history_length, samples=self.last_denoised.shape[0])
-
-
-def advance_history(history: torch.Tensor | None, active: torch.Tensor, by_state: torch.Tensor, offsets: torch.Tensor,
-                    stop: torch.Tensor, m: int, samples: int) -> torch.Tensor:
-    """The feature history (n, m, ...) after a round: for active sample a, the last m verified states its chain moved
-    through (rows offsets[a] .. offsets[a] + stop[a] of `by_state`), older entries from its previous history.
-
-    The first round (no history yet) pads with the first verified features, so the drafter's difference is zero.
-    """
-    chosen = offsets + stop
-    if history is None:
-        first = by_state[chosen].unsqueeze(1).repeat_interleave(m, dim=1)  # (A, m, ...)
-        history = first.new_zeros((samples, *first.shape[1:]))
-        history[active] = first
-        return history
-    back = stop[:, None] - (m - 1) + torch.arange(m, device=stop.device)[None]  # (A, m) positions in this round
-    from_round = by_state[(offsets[:, None] + back.clamp(min=0)).flatten()].unflatten(0, back.shape)
-    old = history[active]
-    from_old = old[torch.arange(active.numel(), device=old.device)[:, None], (m + back).clamp(max=m - 1)]
-    keep_round = (back >= 0).reshape(*back.shape, *([1] * (from_round.dim() - 2))).to(from_round.device)
-    history[active] = torch.where(keep_round, from_round, from_old.to(from_round.dtype))
-    return history
 
 
 def drafting_pass(tapped: TappedModel, drafter: TokenDrafter, x: torch.Tensor, sigma: torch.Tensor, extra_args: dict

@@ -34,7 +34,8 @@ from ..engine.k_diffusion_sampler import AncestralStep, sample_euler_ancestral
 from ..engine.tapped_model import TappedModel
 from ..engine.tapped_sigma_space import ModelInput, modulation_vector, slots_by_state, state_change, unscaled
 from ..models.checkpoints import safetensors_keys_and_metadata
-from ..models.token_drafter import TappedModelIdentity, TokenDrafter, latent_patches, token_drafter_for
+from ..models.token_drafter import (TappedModelIdentity, TokenDrafter, latent_patches, load_token_drafter,
+                                     save_token_drafter, token_drafter_for)
 from .distributed import DistributedContext, all_reduce_mean
 from .progress import Progress
 
@@ -187,6 +188,23 @@ def drafter_for_recordings(recordings: list[dict[str, torch.Tensor]], identity: 
                              history_length=config.history_length, hidden=config.hidden)
 
 
+def resumed_or_fresh_drafter(resume: str | Path, recordings: list[dict[str, torch.Tensor]], identity: TappedModelIdentity,
+                             config: TappedDrafterTrainConfig) -> TokenDrafter:
+    """The drafter an interrupted run left at `resume` (its losses so far into `config.losses`), else a fresh one."""
+    if Path(resume).is_file():
+        drafter = load_token_drafter(resume, identity)
+        config.losses = list(drafter.losses)
+        return drafter
+    return drafter_for_recordings(recordings, identity, config)
+
+
+def save_trained(path: str | Path, drafter: TokenDrafter, losses: list[float], recordings: list[dict[str, torch.Tensor]]
+                 ) -> Path:
+    """The drafter file, recording how many recordings and which step counts it was trained on."""
+    step_counts = tuple(sorted({int(recording["features"].shape[0]) for recording in recordings}))
+    return save_token_drafter(path, drafter, losses, len(recordings), step_counts)
+
+
 def _minibatch(recording: dict[str, torch.Tensor], config: TappedDrafterTrainConfig, chooser: random.Random,
                device: torch.device | str) -> tuple[torch.Tensor, ...]:
     """(features (b, U+m, T, D) from step i - m, modulation (b, U, D_mod), patches (b, U, P, C'), scale (b,))."""
@@ -224,7 +242,6 @@ def train_tapped_drafter_files(recordings: str | Path, out: str | Path, train_st
                                max_minutes: float | None = None) -> tuple[Path | None, list[float]]:
     """Train from a folder of recordings to a drafter file, alone or under torchrun (rank 0 writes); an interrupted
     or time-limited run leaves OUT.resume, which the next run with the same OUT carries on from."""
-    from ..models.token_drafter import load_token_drafter, save_token_drafter
     from .distributed import setup_distributed, teardown_distributed
 
     out = Path(out)
@@ -235,12 +252,7 @@ def train_tapped_drafter_files(recordings: str | Path, out: str | Path, train_st
     config = TappedDrafterTrainConfig(train_steps=train_steps, batch_size=batch_size, unroll=unroll, lr=lr, seed=seed,
                                       max_minutes=max_minutes)
     resume = out.with_name(out.name + ".resume")
-    if resume.is_file():
-        drafter = load_token_drafter(resume, identity)
-        config.losses = list(drafter.losses)
-    else:
-        drafter = drafter_for_recordings(recorded, identity, config)
-    sampling_steps = tuple(sorted({int(r["features"].shape[0]) for r in recorded}))
+    drafter = resumed_or_fresh_drafter(resume, recorded, identity, config)
     progress = Progress(train_steps, "train-tapped-drafter", enabled=context.is_main, start=len(config.losses))
     finished = False
     try:
@@ -251,7 +263,7 @@ def train_tapped_drafter_files(recordings: str | Path, out: str | Path, train_st
     finally:
         progress.close()
         if context.is_main:
-            path = save_token_drafter(out if finished else resume, drafter, config.losses, len(recorded), sampling_steps)
+            path = save_trained(out if finished else resume, drafter, config.losses, recorded)
             if finished and resume.is_file():
                 resume.unlink()
         teardown_distributed(context)
