@@ -55,7 +55,8 @@ def test_wrong_class_for_the_model_is_a_clear_error(choice, index, classes, mess
 
 def test_generate_is_deterministic_and_strict_saves_calls(micro):
     labels = torch.tensor([1, 2])
-    strict = SamplerOptions(mode="strict", seed=3, steps=20, cfg=2.0)
+    # fixed K: adaptive K may choose plain steps on a loaded machine, which saves nothing
+    strict = SamplerOptions(mode="strict", seed=3, steps=20, cfg=2.0, draft_policy="fixed")
     first, stats = generate(micro, FrozenDrafter(), labels, strict)
     again, _ = generate(micro, FrozenDrafter(), labels, strict)
     baseline, base_stats = generate(micro, FrozenDrafter(), labels, strict.with_mode("off"))
