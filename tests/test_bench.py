@@ -119,9 +119,12 @@ def test_quick_bench_writes_json_with_every_field(tmp_path):
     report = (tmp_path / "docs" / "benchmarks.md").read_text()
     assert "wall-clock speedup" in report and "GPU projection" in report and "## Targets" in report
     costs = results["round_costs"]
-    assert all(costs[name] > 0 for name in ("forward_2_rows_s", "drafting_pass_s", "coupling_call_s"))
+    assert all(costs[name] > 0 for name in ("forward_2_rows_s", "drafting_pass_s", "compiled_drafting_pass_s",
+                                            "coupling_call_s", "drafter_compile_time"))
     assert 0 <= costs["coupling_rejection_rate"] <= 1
     assert "| one drafting pass |" in report and "| one coupling call (decision; residual draw on the" in report
+    assert "| one drafting pass, drafter compiled (`--compile-drafter`) |" in report
+    assert f"Compiling the drafter took {costs['drafter_compile_time']:.1f} s" in report
     assert ("relax", "learned", "4") in samplers  # relax at the fixed long K as well as adaptive
     assert (tmp_path / "docs" / "images" / "batch_cost.png").is_file()
 

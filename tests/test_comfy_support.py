@@ -16,16 +16,12 @@ from free_core.models.imagenet_classes import IMAGENET_CLASSES
 from free_core.engine.stats import SamplingStats
 from free_core.evaluation.stats_plot import render_stats_plot, stats_text
 from free_core.training.train_drafter import DrafterTrainConfig
+from toy_models import random_micro_dit
 
 
 @pytest.fixture(scope="module")
 def micro():
-    torch.manual_seed(0)
-    model = DiT(dit_config("DiT-Micro/8")).eval()
-    for name, parameter in model.named_parameters():
-        if name != "pos_embed":
-            torch.nn.init.normal_(parameter, std=0.02)
-    return model
+    return random_micro_dit()
 
 
 def test_imagenet_class_list_is_complete_and_in_index_order():

@@ -42,7 +42,13 @@ def test_quick_cpu_run_writes_a_labelled_report_and_copies_it_to_OUT(tmp_path):
     assert [m["model"] for m in results["large"]["fp32"]] == ["DiT-Micro/8 256px", "DiT-Micro/8 512px"]
     assert all(m["projection"] and m["batch_cost_curve"] for m in results["large"]["fp32"])
     dtypes_run = 1 if results["bf16_not_run"] else 2  # fp32, and bf16 where this torch runs it
-    assert report.count("Cost-model limit at batch 1 (every draft accepted") == 3 * dtypes_run  # embedded + both large
+    # embedded + both large, + the first large model's with its drafter compiled
+    assert report.count("Cost-model limit at batch 1 (every draft accepted") == 4 * dtypes_run
+    for models in results["large"].values():
+        compiled = models[0]["compiled_drafting"]
+        assert compiled["mode"] == "default" and compiled["draft_cost_s"] > 0 and "compiled_drafting" not in models[1]
+        assert all(row["projected_speedup_compiled"] > 0 for row in models[0]["projection"])
+    assert report.count("With the drafter compiled (`--compile-drafter`, torch.compile mode default)") == dtypes_run
 
     # Every projected figure sits in a table under a heading that says PROJECTION; none in a measured table.
     heading = ""

@@ -19,6 +19,7 @@ import torch
 
 import free_core.engine.rounds as rounds
 from exact_law import accept_every_draft, exact_law_p_values, linear_gaussian_law
+from free_core.engine.compiled_drafting import CompiledDrafter
 from free_core.engine.denoiser import GuidedDenoiser
 from free_core.engine.diffusion import GaussianDiffusion
 from free_core.engine.drafter_interface import FrozenDrafter
@@ -64,11 +65,13 @@ def _drafter(denoiser: GuidedDenoiser, variance_shift: float) -> PerturbedDrafte
     return PerturbedDrafter(bias, variance_shift=variance_shift)
 
 
-def _run_ddpm(steps: int, learn_sigma: bool, seed: int = 1):
+def _run_ddpm(steps: int, learn_sigma: bool, seed: int = 1, compiled: bool = False):
     denoiser = _ddpm(steps, learn_sigma)
     g = torch.Generator(TEST_DEVICE).manual_seed(seed)
     x = torch.randn(N, DATA_MEAN.numel(), 1, 1, generator=g, dtype=torch.float64, device=TEST_DEVICE)
     drafter = _drafter(denoiser, variance_shift=0.3 if learn_sigma else 0.0)
+    if compiled:  # the proposal through torch.compile: its drafts round differently, the law must not change
+        drafter = CompiledDrafter(drafter, TEST_DEVICE)
     labels = torch.zeros(N, dtype=torch.long, device=TEST_DEVICE)
     samples, stats = sample_speculative(denoiser, drafter, x, labels, g, draft_length=K)
     return samples.cpu(), stats, _ddpm_law(denoiser)
@@ -121,6 +124,7 @@ CASES = {
     "ddpm-fixed-variance-several-rounds": lambda: _run_ddpm(20, learn_sigma=False),
     "ddpm-learned-variance-several-rounds": lambda: _run_ddpm(20, learn_sigma=True),
     "ddpm-learned-variance-one-round": lambda: _run_ddpm(K + 3, learn_sigma=True),
+    "ddpm-learned-variance-compiled-drafter": lambda: _run_ddpm(20, learn_sigma=True, compiled=True),
     "sigma-space-several-rounds": lambda: _run_variance_exploding(12, sigma_min=0.02),
     "sigma-space-one-round": lambda: _run_variance_exploding(K + 2, sigma_min=0.1),
     "sigma-space-flow-const-several-rounds": lambda: _run_flow(12),
@@ -152,9 +156,12 @@ WRONG_COUPLINGS = {"always-accept": accept_every_draft,
                    "fresh-draw-on-rejection": lambda patch: patch.setattr(rounds, "coupling_replacements", _fresh_draw_on_rejection)}
 
 
-@pytest.mark.parametrize("wrong", WRONG_COUPLINGS)
-@pytest.mark.parametrize("case", ["ddpm-learned-variance-several-rounds", "sigma-space-several-rounds",
-                                  "sigma-space-flow-const-several-rounds"])
+NEGATIVE_CONTROLS = [(case, wrong) for case in ("ddpm-learned-variance-several-rounds", "sigma-space-several-rounds",
+                                                 "sigma-space-flow-const-several-rounds") for wrong in WRONG_COUPLINGS]
+NEGATIVE_CONTROLS.append(("ddpm-learned-variance-compiled-drafter", "always-accept"))
+
+
+@pytest.mark.parametrize(("case", "wrong"), NEGATIVE_CONTROLS)
 def test_wrong_couplings_fail_the_same_test(case, wrong, monkeypatch):
     """Negative controls: the test has the power to see a sampler that is only approximately right."""
     WRONG_COUPLINGS[wrong](monkeypatch)

@@ -12,6 +12,19 @@ from free_core.engine.diffusion import GaussianDiffusion
 TEST_DEVICE = torch.device(os.environ.get("FREE_TEST_DEVICE", "cpu"))  # where the device-aware tests put their tensors
 
 
+def random_micro_dit(std: float = 0.02, seed: int = 0):
+    """DiT-Micro/8 with every weight but the fixed positional embedding drawn N(0, std): a DiT whose outputs depend on
+    its input (a fresh DiT's zero-initialised final layer would answer 0)."""
+    from free_core.models.dit import DiT, dit_config
+
+    torch.manual_seed(seed)
+    model = DiT(dit_config("DiT-Micro/8")).eval()
+    for name, parameter in model.named_parameters():
+        if name != "pos_embed":
+            torch.nn.init.normal_(parameter, std=std)
+    return model
+
+
 class GaussianMixtureDenoiser(nn.Module):
     """Data x0 ~ sum_k w_k N(mu_k, s^2 I) in d dims, shaped (d, 1, 1); eps(x_t, t) is exact.
 

@@ -190,4 +190,6 @@ def cached_draft_cost(denoiser: GuidedDenoiser, drafter, x: torch.Tensor, labels
     drafter_config = getattr(getattr(drafter, "config", None), "to_dict", lambda: type(drafter).__name__)()
     key = {"kind": "drafting pass", "dit": model.config.to_dict(), "drafter": drafter_config, "dtype": str(feature_dtype),
            "shape": list(x.shape), "branches": branches, **machine_key(x.device)}
+    if getattr(drafter, "compile_mode", None):  # a compiled drafter costs differently (the key of an eager one is unchanged)
+        key["compiled"] = drafter.compile_mode
     return disk_cached_curve(key, lambda counts: time_calls(draft, counts, x.device), [rows])[rows]

@@ -219,8 +219,10 @@ def run_cost_curve(model, config: BenchConfig, rows_max: int = 64) -> dict[int, 
 def run_round_costs(model, drafter, config: BenchConfig, coupled_drafts: int = 400) -> dict[str, float]:
     """Seconds of a speculative round's parts at batch 1 with CFG, next to one 2-row DiT forward (a plain step's),
     midway through the schedule: one drafting pass as the round runs it (drafter, the DiT's head, guidance,
-    transition and the space's bookkeeping), and one coupling call averaged over `coupled_drafts` fresh drafts (the
+    transition and the space's bookkeeping), eager and with the drafter compiled (and the compile's one-off
+    seconds), and one coupling call averaged over `coupled_drafts` fresh drafts (the
     accept decision, plus the residual draw when it rejects, as often as it rejects there)."""
+    from ..engine.compiled_drafting import CompiledDrafter
     from ..engine.coupling import coupling_decisions, coupling_replacements
     from ..engine.cost import time_calls
     from ..engine.speculative import DDPMSpace
@@ -255,11 +257,19 @@ def run_round_costs(model, drafter, config: BenchConfig, coupled_drafts: int = 4
         couple(draft)
     coupling_s = (time.perf_counter() - started) / len(drafts)
     repeats = max(5, 10 * config.repeats)
+    compiled_space = DDPMSpace(denoiser, CompiledDrafter(drafter, device), labels)
+    compiled_space.last_output, compiled_space.history = space.last_output, space.history
+    compiled_space.begin_round(one)
+    started = time.perf_counter()
+    compiled_space.draft(one, progress, x, x)  # compiles
+    compile_s = time.perf_counter() - started
     return {
         "forward_2_rows_s": measure_batch_cost(denoiser, x, labels, [2], repeats=repeats)[2],
         "drafting_pass_s": time_calls(lambda _: space.draft(one, progress, x, x), [1], device, repeats)[1],
+        "compiled_drafting_pass_s": time_calls(lambda _: compiled_space.draft(one, progress, x, x), [1], device, repeats)[1],
         "coupling_call_s": coupling_s,
         "coupling_rejection_rate": rejected / len(drafts),
+        "drafter_compile_time": compile_s,  # seconds, once per process: not a per-round cost
     }
 
 
@@ -278,7 +288,8 @@ def run_bench(config: BenchConfig, json_path: str | None = None, log=print) -> d
         results["round_costs"] = run_round_costs(model, drafters["learned"], config)
         forward = results["round_costs"]["forward_2_rows_s"]
         log("round costs: " + ", ".join(f"{name[:-2].replace('_', ' ')} {seconds * 1e3:.3f} ms ({seconds / forward:.3f}x)"
-                                        for name, seconds in results["round_costs"].items() if name.endswith("_s")))
+                                        for name, seconds in results["round_costs"].items() if name.endswith("_s"))
+            + f"; compiling the drafter took {results['round_costs']['drafter_compile_time']:.1f} s")
     if "speed" in config.sections:
         results["speed"] = run_speed(config, model, drafters, log)
     if "quality" in config.sections:

@@ -188,13 +188,21 @@ def _round_cost_lines(costs: dict | None) -> list[str]:
         return []
     forward = costs["forward_2_rows_s"]
     names = {"forward_2_rows_s": "one DiT forward, 2 rows (a plain step)", "drafting_pass_s": "one drafting pass",
+             "compiled_drafting_pass_s": "one drafting pass, drafter compiled (`--compile-drafter`)",
              "coupling_call_s": f"one coupling call (decision; residual draw on the {costs['coupling_rejection_rate']:.0%} rejected)"}
+    names = {key: label for key, label in names.items() if key in costs}  # results of older runs lack the compiled pass
     lines = ["### What a round costs besides its verification (batch 1, CFG, mid-schedule)", "",
              "| part | ms | x a 2-row forward | target |", "|---|---|---|---|"]
     for key, label in names.items():
         target = ROUND_COST_TARGETS.get(key)
         verdict = "-" if target is None else f"<= {target:g}x: {'met' if costs[key] / forward <= target else 'missed'}"
         lines.append(f"| {label} | {costs[key] * 1e3:.3f} | {costs[key] / forward:.3f}x | {verdict} |")
+    if "drafter_compile_time" in costs:
+        saved = costs["drafting_pass_s"] - costs["compiled_drafting_pass_s"]
+        payback = f"it pays back after {costs['drafter_compile_time'] / saved:,.0f} drafting passes" if saved > 0 else \
+            "the compiled pass is not faster here, so it never pays back"
+        lines += ["", f"Compiling the drafter took {costs['drafter_compile_time']:.1f} s, once per process: {payback} "
+                      "(compile time / the time a pass saves)."]
     return lines + [""]
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from ..engine.compiled_drafting import CompiledDrafter
 from ..engine.cost import cached_draft_cost, interpolate_cost, machine_key, measure_batch_cost
 from ..engine.denoiser import GuidedDenoiser
 from ..engine.diffusion import GaussianDiffusion
@@ -62,17 +63,19 @@ class DeviceCheckConfig:
     embedded_rows: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 96, 144)  # up to batch 8 x (K 8 + 1) x CFG 2
     large_models: tuple[tuple[str, int], ...] = (("DiT-XL/2", 32), ("DiT-XL/2", 64))  # (config, latent size): 256, 512 px
     large_rows: tuple[int, ...] = (2, 4, 6, 8, 12, 16, 24, 32)
+    compiled_large_models: int = 1  # the first N large models also time a compiled drafting pass (compiling takes ~a minute)
     test_args: tuple[str, ...] = DEVICE_TESTS
     # Sized for < 8 minutes on one H100 with the overshoot of one unit per section (a unit is not interrupted).
-    budgets_s: dict[str, float] = field(default_factory=lambda: {"tests": 170.0, "embedded": 120.0, "large": 110.0})
+    budgets_s: dict[str, float] = field(default_factory=lambda: {"tests": 170.0, "embedded": 120.0, "large": 150.0})
 
 
 def quick_config(out_dir: str, device: str = "cpu") -> DeviceCheckConfig:
-    """Every section on tiny sizes (DiT-Micro/8 stands in for DiT-XL/2): the whole script path in under a minute."""
+    """Every section on tiny sizes (DiT-Micro/8 stands in for DiT-XL/2): the whole script path in about two minutes
+    (compiling the drafter, cold, takes most of the large section's budget)."""
     return DeviceCheckConfig(device=device, out_dir=out_dir, quick=True, steps=(20,), batches=(1,), repeats=1,
                              draft_lengths=(4,), embedded_rows=(1, 2, 4, 8), large_models=(("DiT-Micro/8", 32), ("DiT-Micro/8", 64)),
                              large_rows=(2, 4), test_args=("tests/test_samplers.py", "-k", "same_seed_same_bits"),
-                             budgets_s={"tests": 60.0, "embedded": 30.0, "large": 15.0})
+                             budgets_s={"tests": 60.0, "embedded": 30.0, "large": 90.0})
 
 
 def dtype_support() -> str | None:
@@ -190,7 +193,7 @@ def run_large(config: DeviceCheckConfig, dtype: torch.dtype, embedded_speed: lis
     """Per large model: the measured batch-cost curve and drafting pass, and the projection of the embedded rounds onto it."""
     device = torch.device(config.device)
     results = []
-    for name, latent_size in config.large_models:
+    for index, (name, latent_size) in enumerate(config.large_models):
         label = f"{name} {latent_size * 8}px"
         if deadline.expired():
             results.append({"model": label, "note": deadline.note(label)})
@@ -210,11 +213,22 @@ def run_large(config: DeviceCheckConfig, dtype: torch.dtype, embedded_speed: lis
             entry["draft_cost_s"] = cached_draft_cost(denoiser, drafter_for(model), x, labels)
             entry["cost_model_limit"] = cost_model_limit(curve, denoiser.branches, entry["draft_cost_s"])
             ratio = entry["draft_cost_s"] / interpolate_cost(curve, denoiser.branches)
+            learned_rounds = [r for r in embedded_speed if r["drafter"] == "learned" and r["batch"] == 1]
             entry["projection"] = [
                 {"steps": r["steps"], "batch": r["batch"], "sampler": r["sampler"], "draft_length": r["draft_length"],
                  "relax_strength": r["relax_strength"], "acceptance": r["acceptance"],
                  "projected_speedup": projected_speedup(_stats_from_row(r), curve, denoiser.branches, ratio)}
-                for r in embedded_speed if r["drafter"] == "learned" and r["batch"] == 1]
+                for r in learned_rounds]
+            if index < config.compiled_large_models and not deadline.expired():
+                compiled_drafter = CompiledDrafter(drafter_for(model), device)
+                started = time.perf_counter()  # the compile happens in the pass's untimed warm-up
+                compiled = cached_draft_cost(denoiser, compiled_drafter, x, labels)
+                entry["compiled_drafting"] = {"mode": compiled_drafter.compile_mode, "draft_cost_s": compiled,
+                                              "compile_and_measure_s": time.perf_counter() - started,
+                                              "cost_model_limit": cost_model_limit(curve, denoiser.branches, compiled)}
+                compiled_ratio = compiled / interpolate_cost(curve, denoiser.branches)
+                for row, r in zip(entry["projection"], learned_rounds):
+                    row["projected_speedup_compiled"] = projected_speedup(_stats_from_row(r), curve, denoiser.branches, compiled_ratio)
         log(f"{label}: {len(curve)} curve points" + (f", drafting pass {entry['draft_cost_s'] * 1e3:.2f} ms" if "draft_cost_s" in entry else ""))
         results.append(entry)
         del model, denoiser
@@ -338,6 +352,11 @@ def large_lines(dtype: str, models: list[dict]) -> list[str]:
             draft = f"{m['draft_cost_s'] * 1e3:.2f} ms" if "draft_cost_s" in m else "not measured"
             lines += [f"{m['parameters'] / 1e6:.0f}M parameters; one drafting pass (fresh drafter, batch 1, CFG rows): {draft}.", ""]
             lines += curve_lines(m["batch_cost_curve"]) + limit_lines(m)
+            if "compiled_drafting" in m:
+                c = m["compiled_drafting"]
+                lines += [f"With the drafter compiled (`--compile-drafter`, torch.compile mode {c['mode']}): one drafting pass "
+                          f"{c['draft_cost_s'] * 1e3:.2f} ms; compiling and timing it took {c['compile_and_measure_s']:.0f} s."]
+                lines += limit_lines({"cost_model_limit": c["cost_model_limit"]})
         if "note" in m:
             lines += [f"{m['note']}.", ""]
         if m.get("projection"):
@@ -345,9 +364,12 @@ def large_lines(dtype: str, models: list[dict]) -> list[str]:
                       "The embedded model's measured rounds (its acceptance per step, batch 1, fp32) replayed on this model's "
                       f"measured curve and drafting pass. This model's own drafter would accept differently. "
                       f"The paper reports {PAPER_SPEEDUPS}.", "",
-                      "| steps | sampler | K | relax | embedded acceptance | projected speedup (PROJECTION) |", "|---|---|---|---|---|---|"]
+                      "| steps | sampler | K | relax | embedded acceptance | projected speedup (PROJECTION) | "
+                      "the same, drafter compiled (PROJECTION) |", "|---|---|---|---|---|---|---|"]
             lines += [f"| {p['steps']} | {p['sampler']} | {p['draft_length']} | {p['relax_strength']:g} | {p['acceptance']:.3f} | "
-                      f"{p['projected_speedup']:.2f}x |" for p in m["projection"]]
+                      f"{p['projected_speedup']:.2f}x | "
+                      + (f"{p['projected_speedup_compiled']:.2f}x |" if "projected_speedup_compiled" in p else "- |")
+                      for p in m["projection"]]
             lines.append("")
     return lines
 

@@ -17,7 +17,7 @@ from ..engine.stats import speed_in_words
 from ..models.checkpoints import EMBEDDED_CFG_SCALE, WEIGHTS_DIR
 from ..models.class_labels import resolve_class
 from ..models.dit import DIT_CONFIGS
-from ..models.model_specs import (DIT_CHOICES, DRAFTER_CHOICES, DTYPES, check_dit_spec, check_drafter_spec,
+from ..models.model_specs import (DIT_CHOICES, DRAFTER_CHOICES, DTYPES, FROZEN, check_dit_spec, check_drafter_spec,
                                   default_drafter, resolve_dit, resolve_drafter, resolve_dtype)
 from .demo_grid import save_labelled_grid
 from .generate import generate
@@ -106,7 +106,8 @@ def sample_options(args: argparse.Namespace) -> SamplerOptions:
     return SamplerOptions(mode="relax" if args.mode == "compare" else args.mode, steps=args.steps, cfg=args.cfg,
                           draft_length=args.max_draft_length if adaptive else args.draft_length,
                           draft_policy="adaptive" if adaptive else "fixed",
-                          relax_strength=args.relax_strength, variance=args.variance, seed=args.seed)
+                          relax_strength=args.relax_strength, variance=args.variance, seed=args.seed,
+                          compile_drafter=args.compile_drafter)
 
 
 def command_sample(args: argparse.Namespace) -> int:
@@ -121,6 +122,9 @@ def command_sample(args: argparse.Namespace) -> int:
     drafter_spec = args.drafter or default_drafter(args.model)
     check_dit_spec(args.model)
     check_drafter_spec(drafter_spec)
+    if options.compile_drafter and drafter_spec == FROZEN:
+        raise OptionError("--compile-drafter with --drafter frozen: the frozen drafter has no network to compile; "
+                          "use a learned drafter (e.g. --drafter embedded) or drop --compile-drafter")
     model = resolve_dit(args.model, device, dtype=dtype)
     drafter = resolve_drafter(drafter_spec, model, device)
     labels = labels_for(requested_labels, args.batch, model.num_classes)
@@ -311,6 +315,9 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--seed", type=int, default=0, help="the same seed gives the same samples")
     sample.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
     add_dtype_option(sample, "the DiT (and its drafter)")
+    sample.add_argument("--compile-drafter", action="store_true",
+                        help="torch.compile the learned drafter's proposal (CUDA graphs on CUDA): compiling takes seconds "
+                             "once per process, so it pays over long runs; `bench --sections cost` prints both passes")
     sample.add_argument("--repeats", type=int, default=1, help="runs per sampler; the wall clock reported is their median")
     sample.add_argument("--out", default="samples.png", help="the labelled image grid (latent models: a .latents.pt)")
     sample.add_argument("--scale", type=int, default=4, help="image upscaling factor (pixel repetition)")

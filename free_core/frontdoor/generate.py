@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 import torch
 
+from ..engine.compiled_drafting import CompiledDrafter
 from ..engine.cost import measure_batch_cost
 from ..engine.denoiser import GuidedDenoiser
 from ..engine.diffusion import GaussianDiffusion
@@ -39,6 +40,8 @@ def generate(
     labels = labels.to(device)
     if options.mode == "off":
         return sample_ancestral(denoiser, x, labels, generator, callback=callback)
+    if options.compile_drafter and not isinstance(drafter, CompiledDrafter):
+        drafter = CompiledDrafter(drafter, device)  # compiles at its first pass; later runs reuse torch's compiled code
     samples, stats = sample_speculative(denoiser, drafter, x, labels, generator, draft_length=options.policy(),
                                         mode=options.mode, relax_strength=options.strength, callback=callback)
     # The wall clock against the plain sampler, from a plain step timed now (two forwards after a warm-up): under the

@@ -50,6 +50,7 @@ class SamplerOptions:
     relax_strength: float | None = None
     variance: str | None = None  # None: learned if the DiT learns sigma, else fixed_small
     seed: int = 0
+    compile_drafter: bool = False  # torch.compile the learned drafter's proposal (engine/compiled_drafting.py)
 
     def __post_init__(self) -> None:
         def refuse(name: str, problem: str, fix: str) -> None:
@@ -76,6 +77,8 @@ class SamplerOptions:
             refuse("variance", f"not one of {', '.join(VARIANCE_MODES)}", "or leave it unset (learned if the DiT learns sigma)")
         if not _is_int(self.seed) or self.seed < 0:
             refuse("seed", "must be an integer >= 0", "e.g. 0")
+        if not isinstance(self.compile_drafter, bool):
+            refuse("compile_drafter", "must be True or False", "pass the flag to compile, leave it out not to")
 
     @classmethod
     def from_node_widgets(cls, mode: str, draft_length: int, draft_policy: str, relax_strength: float,
