@@ -13,7 +13,7 @@ import torch
 from exact_law import accept_every_draft
 from free_core.engine.k_diffusion_sampler import AncestralStep, sample_euler_ancestral, sample_free_euler_ancestral
 from free_core.engine.tapped_model import TopBlockCall
-from free_core.engine.tapped_sigma_space import modulation_vector
+from free_core.engine.tapped_sigma_space import call_patch_index, modulation_vector
 from free_core.evaluation.two_sample import energy_test
 from free_core.models.token_drafter import (TappedModelIdentity, image_patch_index, latent_patches, load_token_drafter,
                                             save_token_drafter, token_drafter_for)
@@ -254,6 +254,9 @@ def test_each_rows_state_change_lands_on_its_image_tokens_from_its_offset_on(toy
     assert landed(offsets) == [[[0, 3 + j], [1, 5 + j]] for j in range(patches)]
     assert landed(None) == [[[0, j], [1, j]] for j in range(patches)]
     assert offsets[0].tolist() == [-1, -1, -1, 0, 1, 2, 3, -1, -1]  # caption and padding tokens: no state change
+    call = TopBlockCall(history[:, -1], (modulation,), torch.tensor([3, 6]))
+    with pytest.raises(RuntimeError, match=r"offsets \[3, 6\] put 4 latent patches outside the 9 tokens"):
+        call_patch_index(call, patches)
 
 
 def test_an_older_recording_without_offsets_trains_on_the_same_state_change_per_kept_token(toy):

@@ -50,8 +50,12 @@ def call_patch_index(call: TopBlockCall, patches: int) -> torch.Tensor | None:
     start at token 0 (no offsets recorded)."""
     if call.image_offsets is None:
         return None
-    positions = torch.arange(call.features.shape[1], device=call.features.device)
-    return image_patch_index(call.image_offsets.to(call.features.device), positions, patches)
+    tokens, offsets = call.features.shape[1], call.image_offsets  # on the CPU, as the tap read them: no device sync
+    if int(offsets.min()) < 0 or int(offsets.max()) + patches > tokens:  # e.g. read from another version of the model
+        raise RuntimeError(f"the tap's image-token offsets {offsets.tolist()} put {patches} latent patches outside the "
+                           f"{tokens} tokens of the final layer; use frozen drafts with this model")
+    device = call.features.device
+    return image_patch_index(offsets.to(device), torch.arange(tokens, device=device), patches)
 
 
 def _chunks_by_state(per_call: list[torch.Tensor], states: int) -> list[torch.Tensor]:
