@@ -13,7 +13,7 @@ from torch import nn
 
 import comfy.model_patcher
 
-from ..free_core.engine.tapped_model import ModuleTap
+from ..free_core.engine.tapped_model import ImageTokenOffsets, ModuleTap
 from ..free_core.models.token_drafter import TappedModelIdentity, final_layer_fingerprint
 from .comfy_model import DiTEpsAdapter, base_model
 
@@ -26,6 +26,9 @@ class TapSite:
     final_layer: str
     block_lists: tuple[str, ...]
     patch_size: str = "patch_size"  # an int (square patches) or one size per latent axis
+    # Where each row's image tokens start, if not at token 0: (method of the diffusion model, called once per call
+    # before the final layer, and the item of its output that holds one offset per row). None: at token 0.
+    image_offsets: tuple[str, int] | None = None
 
 
 def _qualified(cls: type) -> str:
@@ -38,7 +41,9 @@ TAP_SITES: dict[str, TapSite] = {  # a subclass (Kontext's Flux, VACE Wan, ...) 
     "comfy.ldm.chroma.model.Chroma": TapSite("Chroma", "final_layer", ("double_blocks", "single_blocks")),
     "comfy.ldm.modules.diffusionmodules.mmdit.MMDiT": TapSite("SD3", "final_layer", ("joint_blocks",)),
     "comfy.ldm.hunyuan_video.model.HunyuanVideo": TapSite("HunyuanVideo", "final_layer", ("double_blocks", "single_blocks")),
-    "comfy.ldm.lumina.model.NextDiT": TapSite("Lumina 2", "final_layer", ("layers",)),
+    # Lumina 2 / Z-Image: each row's caption tokens come first; patchify_and_embed returns
+    # (tokens, mask, image sizes, caption lengths, rope), and unpatchify reads row i's image from caption length i on
+    "comfy.ldm.lumina.model.NextDiT": TapSite("Lumina 2", "final_layer", ("layers",), image_offsets=("patchify_and_embed", 3)),
     "comfy.ldm.wan.model.WanModel": TapSite("Wan", "head", ("blocks",)),
     "comfy.ldm.qwen_image.model.QwenImageTransformer2DModel": TapSite("Qwen-Image", "norm_out", ("transformer_blocks",)),  # then proj_out
 }
@@ -85,7 +90,11 @@ def top_block_tap(model) -> ModuleTap:
     for path in site.block_lists:
         owner_path, _, name = path.rpartition(".")
         block_lists.append((_attribute(diffusion_model, owner_path), name))
-    return ModuleTap(model, _attribute(diffusion_model, site.final_layer), block_lists)
+    offsets = None
+    if site.image_offsets is not None:
+        method, item = site.image_offsets
+        offsets = ImageTokenOffsets(diffusion_model, method, item)
+    return ModuleTap(model, _attribute(diffusion_model, site.final_layer), block_lists, offsets)
 
 
 def _attribute(module: nn.Module, path: str):

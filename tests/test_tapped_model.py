@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from free_core.engine.tapped_model import ModuleTap, TopBlockFeatures
+from free_core.engine.tapped_model import ImageTokenOffsets, ModuleTap, TopBlockFeatures
 from free_core.models.dit import DiT, DiTConfig
 
 
@@ -133,3 +133,79 @@ def test_a_modulation_pair_is_tapped_as_its_tensors_and_the_replay_is_the_output
     (call,) = tapped.calls
     assert len(call.modulation) == 2 and torch.equal(call.modulation[0], shift * sigma) and torch.equal(call.modulation[1], scale)
     assert torch.equal(tap.replay(tapped, x, sigma), denoised)
+
+
+class _CaptionFirst(torch.nn.Module):
+    """Each row's caption tokens (a length per row) before its image tokens, padding at the end, as Lumina 2 lays them
+    out: `embed` returns (tokens, caption lengths), and the output reads row i's image from its caption length on."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.caption, self.image = torch.nn.Linear(3, 8), torch.nn.Linear(4, 8)
+        self.blocks = torch.nn.ModuleList([torch.nn.Linear(8, 8)])
+        self.final_layer = _PairModulatedLayer()
+
+    def embed(self, x: torch.Tensor, caption: torch.Tensor, lengths: list[int]) -> tuple[torch.Tensor, list[int]]:
+        tokens = torch.zeros(x.shape[0], max(lengths) + x.shape[1], 8)
+        for row, length in enumerate(lengths):
+            tokens[row, :length] = self.caption(caption[row, :length])
+            tokens[row, length:length + x.shape[1]] = self.image(x[row])
+        return tokens, lengths
+
+    def forward(self, x: torch.Tensor, caption: torch.Tensor, lengths: list[int]) -> torch.Tensor:
+        tokens, lengths = self.embed(x, caption, lengths)
+        for block in self.blocks:
+            tokens = block(tokens)
+        out = self.final_layer(tokens, vec=(torch.zeros(x.shape[0], 1, 8), torch.zeros(x.shape[0], 1, 8)))
+        return torch.stack([out[row, length:length + x.shape[1]] for row, length in enumerate(lengths)])
+
+
+def _caption_first_tap():
+    model = _CaptionFirst()
+    caption = torch.randn(2, 5, 3, generator=torch.Generator().manual_seed(1))
+
+    def denoise(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:  # two calls: captions of 2 and 5, then of 1 and 4
+        return model(x, caption, [2, 5]) + model(x, caption, [1, 4]) * sigma
+
+    return model, denoise, ModuleTap(denoise, model.final_layer, [(model, "blocks")], ImageTokenOffsets(model, "embed", 1))
+
+
+@torch.no_grad()
+def test_image_token_offsets_are_tapped_with_each_call_and_the_method_is_put_back():
+    model, denoise, tap = _caption_first_tap()
+    x, sigma = torch.randn(2, 6, 4), torch.tensor(0.5)
+    denoised, tapped = tap.features(x, sigma)
+    assert torch.equal(denoised, denoise(x, sigma))
+    assert [call.image_offsets.tolist() for call in tapped.calls] == [[2, 5], [1, 4]]
+    seen = []
+    replayed = tap.replay_with(lambda call: seen.append(call.image_offsets.tolist()) or tapped.calls[len(seen) - 1].features,
+                               x, sigma)
+    assert seen == [[2, 5], [1, 4]] and torch.equal(replayed, denoised)
+    assert "embed" not in vars(model)
+    assert ModuleTap(denoise, model.final_layer, [(model, "blocks")]).features(x, sigma)[1].calls[0].image_offsets is None
+
+
+@torch.no_grad()
+def test_an_interrupt_or_a_missing_offsets_call_leaves_the_method_as_it_was():
+    model, denoise, tap = _caption_first_tap()
+    x, sigma = torch.randn(2, 6, 4), torch.tensor(0.5)
+    _, tapped = tap.features(x, sigma)
+
+    def interrupt(*_):
+        raise KeyboardInterrupt
+
+    hook = model.final_layer.register_forward_hook(interrupt)
+    for run in (lambda: tap.features(x, sigma), lambda: tap.replay(tapped, x, sigma)):
+        with pytest.raises(KeyboardInterrupt):
+            run()
+        assert "embed" not in vars(model) and not model.final_layer._forward_pre_hooks
+    hook.remove()
+    patched = lambda *args: _CaptionFirst.embed(model, *args)  # noqa: E731  another patch's instance attribute stays
+    model.embed = patched
+    tap.features(x, sigma)
+    assert vars(model)["embed"] is patched
+    lost = ModuleTap(denoise, model.final_layer, [(model, "blocks")], ImageTokenOffsets(model, "extra_repr", 0))
+    with pytest.raises(RuntimeError, match="final layer ran without a call of _CaptionFirst.extra_repr before it"):
+        lost.features(x, sigma)
+    assert "extra_repr" not in vars(model) and not model.final_layer._forward_pre_hooks

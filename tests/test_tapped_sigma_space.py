@@ -13,12 +13,12 @@ import torch
 from exact_law import accept_every_draft
 from free_core.engine.k_diffusion_sampler import AncestralStep, sample_euler_ancestral, sample_free_euler_ancestral
 from free_core.engine.tapped_model import TopBlockCall
-from free_core.engine.tapped_sigma_space import modulation_vector
+from free_core.engine.tapped_sigma_space import call_patch_index, modulation_vector
 from free_core.evaluation.two_sample import energy_test
-from free_core.models.token_drafter import (TappedModelIdentity, latent_patches, load_token_drafter, save_token_drafter,
-                                            token_drafter_for)
+from free_core.models.token_drafter import (TappedModelIdentity, image_patch_index, latent_patches, load_token_drafter,
+                                            save_token_drafter, token_drafter_for)
 from free_core.training.train_tapped_drafter import (TappedDrafterTrainConfig, load_recordings, record_trajectories,
-                                                     save_recording, train_tapped_drafter)
+                                                     recorded_token_layout, save_recording, train_tapped_drafter)
 from toy_models import ToyFlowDiT, flow_sigmas, toy_tap
 
 FLOW = AncestralStep(flow=True)
@@ -228,3 +228,52 @@ def test_adaptive_draft_length_times_a_learned_drafting_pass_and_samples_reprodu
     flat = AdaptiveDraftLength(max_length=4, cost_curve={rows: 1.0 for rows in range(1, 41)})
     _, drafting = _free(denoise, tapped, drafter, x, seed=3, draft_length=flat)
     assert max(drafting.draft_lengths) > 0 and drafting.sequential_dit_calls < 12
+
+
+@torch.no_grad()
+def test_each_rows_state_change_lands_on_its_image_tokens_from_its_offset_on(toy):
+    """Lumina 2 puts captions of per-row lengths first: patch j's state change must reach token offset + j of that row
+    and no other token; without offsets, token j."""
+    _, _, _, identity = toy
+    drafter = _perturbed_drafter(identity)
+    rows, tokens, patches = 2, 9, 4
+    history = torch.randn(rows, 2, tokens, identity.width, generator=torch.Generator().manual_seed(0))
+    modulation = torch.randn(rows, identity.width, generator=torch.Generator().manual_seed(1))
+    state = torch.zeros(rows, patches, drafter.config.patch_inputs)
+
+    def landed(patch_index):
+        still = drafter(history, state, modulation, patch_index)
+        places = []
+        for j in range(patches):
+            moved = state.clone()
+            moved[:, j] = 1.0
+            places.append((drafter(history, moved, modulation, patch_index) != still).any(-1).nonzero().tolist())
+        return places
+
+    offsets = image_patch_index(torch.tensor([3, 5]), torch.arange(tokens), patches)
+    assert landed(offsets) == [[[0, 3 + j], [1, 5 + j]] for j in range(patches)]
+    assert landed(None) == [[[0, j], [1, j]] for j in range(patches)]
+    assert offsets[0].tolist() == [-1, -1, -1, 0, 1, 2, 3, -1, -1]  # caption and padding tokens: no state change
+    call = TopBlockCall(history[:, -1], (modulation,), torch.tensor([3, 6]))
+    with pytest.raises(RuntimeError, match=r"offsets \[3, 6\] put 4 latent patches outside the 9 tokens"):
+        call_patch_index(call, patches)
+
+
+def test_an_older_recording_without_offsets_trains_on_the_same_state_change_per_kept_token(toy):
+    """Recordings now keep every state patch and each slot's image-token offset; older files kept the patches of the
+    kept tokens below the latent's patch count. Both give each kept token the same state patch (offset 0)."""
+    _, _, tapped, identity = toy
+    _, recording = record_trajectories(tapped, identity, _noise(3, 4), flow_sigmas(6), {"seed": 2}, FLOW, max_tokens=3)
+    assert recording["image_offsets"].shape == (6, 3, 2) and recording["image_offsets"].abs().max() == 0
+    tokens = recording["tokens"]
+    older = {key: value for key, value in recording.items() if key != "image_offsets"}
+    older["state_patches"] = recording["state_patches"][:, :, tokens[tokens < recording["state_patches"].shape[2]]]
+
+    def patch_per_token(rec):
+        positions, offsets = recorded_token_layout(rec)
+        index = image_patch_index(offsets[2, 1, 0:1], positions, rec["state_patches"].shape[2])[0]
+        return [rec["state_patches"][2, 1, i].tolist() if i >= 0 else None for i in index.tolist()]
+
+    assert patch_per_token(older) == patch_per_token(recording)
+    assert any(patch is not None for patch in patch_per_token(recording))
+    train_tapped_drafter([older], identity, TappedDrafterTrainConfig(train_steps=2, batch_size=2, unroll=2))

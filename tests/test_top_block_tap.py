@@ -54,4 +54,23 @@ def test_an_unsupported_model_is_refused_naming_it_and_the_families_the_tap_know
     message = scenario["unsupported_message"]
     assert message.startswith("FREE cannot tap the top block of torch.nn.modules.linear.Linear")
     assert "Flux" in message and "Wan" in message and "frozen drafts" in message
-    assert sorted(f for f in scenario if f != "unsupported_message") == sorted(_families(tree=tapped[0]))
+    assert sorted(f for f in scenario if f not in ("unsupported_message", "lumina_alignment")) == sorted(_families(tree=tapped[0]))
+
+
+def test_lumina_drafted_state_change_lands_on_the_image_tokens_the_model_itself_reads(tapped):
+    """Lumina 2 puts each row's caption before its image tokens. With a cond caption of 3 tokens and an uncond caption
+    of 5 (two calls), each row's token offset + j must be where the model's output reads latent patch j (moving that
+    token's features moves exactly that patch), and where the drafter puts patch j's state change. (Rows of one call
+    with captions of different lengths: tests/test_tapped_model.py and test_tapped_sigma_space.py, on toy models.)"""
+    tree, scenario = tapped
+    if tree != "current":
+        pytest.skip(f"Lumina 2 is not in the {tree} ComfyUI")
+    result = scenario["lumina_alignment"]
+    assert "crashed" not in result, result.get("crashed")
+    offsets, patches = result["offsets_in_features"], result["patches"]
+    assert sorted(offsets) == [[3, 3], [5, 5]]  # each call's rows start their image tokens after their caption
+    assert result["image_offsets"] == offsets  # the drafting replay sees what the tap saw
+    for reads, row_offsets in zip(result["model_reads"], offsets):
+        for read, offset in zip(reads, row_offsets):
+            assert read == [-1] * offset + list(range(patches)) + [-1] * (len(read) - offset - patches), (offset, read)
+    assert result["drafter_places"] == result["model_reads"]

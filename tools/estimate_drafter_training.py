@@ -34,7 +34,8 @@ def recording(width: int, modulation: int, channels: int, patch: tuple[int, ...]
     generator = torch.Generator().manual_seed(0)
     return {"features": torch.randn(steps, 1, slots, tokens, width, generator=generator),
             "modulation": torch.randn(steps, 1, slots, modulation, generator=generator),
-            "state_patches": torch.randn(steps, 1, tokens, channels * math.prod(patch), generator=generator)}
+            "state_patches": torch.randn(steps, 1, tokens, channels * math.prod(patch), generator=generator),
+            "image_offsets": torch.zeros(steps, 1, slots, dtype=torch.long), "tokens": torch.arange(tokens)}
 
 
 def flops_per_step(width: int, modulation: int, patch_inputs: int, hidden: int, config: TappedDrafterTrainConfig,
@@ -52,6 +53,8 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=64, help="tokens per draw timed here")
     parser.add_argument("--recorded-tokens", type=int, default=1024, help="FREE Record Trajectories' max_tokens")
     parser.add_argument("--steps", type=int, default=20, help="sampling steps per recording")
+    parser.add_argument("--latent-patches", type=int, default=4096,
+                        help="latent patches per image, all recorded (Flux at 1024^2: 4096)")
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     width, modulation, channels, patch, slots = MODELS[args.model]
@@ -73,13 +76,16 @@ def main() -> None:
     flops = flops_per_step(width, modulation, channels * math.prod(patch), hidden, config, args.tokens)
     full = flops_per_step(width, modulation, channels * math.prod(patch), hidden, config, args.recorded_tokens)
     parameters = sum(p.numel() for p in drafter.parameters())
-    recording_bytes = args.steps * slots * args.recorded_tokens * (width * 2 + channels * math.prod(patch) * 4)
+    # bf16 features of the kept tokens per guidance slot, float32 state patches of the whole latent, int64 offsets
+    recording_bytes = args.steps * (slots * args.recorded_tokens * width * 2
+                                    + args.latent_patches * channels * math.prod(patch) * 4 + slots * 8)
     print(f"model {args.model}: drafter {parameters / 1e6:.1f} M parameters (hidden {hidden}), batch 16 x unroll 4")
     print(f"measured on this machine ({torch.get_num_threads()} threads): {step_s:.3f} s per step at {args.tokens} tokens "
           f"per draw ({flops / step_s / 1e9:.1f} GFLOP/s), median of {len(times)}")
     print(f"FLOPs per step: {flops / 1e12:.3f} T at {args.tokens} tokens, {full / 1e12:.2f} T at {args.recorded_tokens}; "
           f"this machine at {args.recorded_tokens} tokens: {step_s * full / flops:.1f} s per step")
-    print(f"one recording ({args.steps} steps, {slots} guidance slot(s), {args.recorded_tokens} tokens, features in bf16): "
+    print(f"one recording ({args.steps} steps, {slots} guidance slot(s), {args.recorded_tokens} tokens, features in bf16, "
+          f"{args.latent_patches} latent patches): "
           f"{recording_bytes / 1e6:.0f} MB")
 
 

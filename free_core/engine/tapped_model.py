@@ -7,8 +7,12 @@ final layer in their place, and lets the model's own code do the rest (cropping,
 prediction-to-denoised step, guidance). One model evaluation may call the diffusion model several
 times (classifier-free guidance batches cond and uncond, or not): features are kept per call.
 
-The hooks and the emptied block lists live only inside `capturing` / `replaying`, and are removed in
-`finally` on every exit, an interrupt or an error included. This module knows no ComfyUI.
+Some models put other tokens before a row's image tokens (Lumina 2: the caption, of a length per row). The final
+layer does not see where a row's image tokens start; a model names a method that computes it in every call
+(`ImageTokenOffsets`), and the tap records that method's answer with the call that follows it.
+
+The hooks, the wrapped method and the emptied block lists live only inside `capturing` / `replaying`, and are
+removed in `finally` on every exit, an interrupt or an error included. This module knows no ComfyUI.
 """
 
 from __future__ import annotations
@@ -27,6 +31,17 @@ class TopBlockCall:
 
     features: torch.Tensor  # (B, T, D) top-block token features
     modulation: tuple[torch.Tensor, ...]  # the layer's other tensor inputs (its adaLN conditioning), in call order
+    image_offsets: torch.Tensor | None = None  # (B,) long: the token where each row's image tokens start; None: 0
+
+
+@dataclass(frozen=True)
+class ImageTokenOffsets:
+    """Where a model says, per call, at which token each row's image tokens start: item `item` of what its method
+    `method` returns (one value per row), a method it calls once per diffusion-model call before the final layer."""
+
+    owner: nn.Module
+    method: str
+    item: int
 
 
 @dataclass(frozen=True)
@@ -71,42 +86,95 @@ class ModuleTap:
     """A TappedModel from a guided denoiser callable, its final layer and the block lists a replay empties."""
 
     def __init__(self, denoise: Callable[..., torch.Tensor], final_layer: nn.Module,
-                 block_lists: Sequence[tuple[nn.Module, str]]):
+                 block_lists: Sequence[tuple[nn.Module, str]], image_offsets: ImageTokenOffsets | None = None):
         self.denoise, self.final_layer, self.block_lists = denoise, final_layer, list(block_lists)
+        self.image_offsets = image_offsets
 
     def features(self, x: torch.Tensor, sigma: torch.Tensor, **extra: Any) -> tuple[torch.Tensor, TopBlockFeatures]:
         """The model's own denoised output at (x, sigma), and the top-block features it computed on the way."""
-        with capturing(self.final_layer) as calls:
+        with capturing(self.final_layer, self.image_offsets) as calls:
             denoised = self.denoise(x, sigma, **extra)
         return denoised, TopBlockFeatures(tuple(calls))
 
     def replay(self, features: TopBlockFeatures, x: torch.Tensor, sigma: torch.Tensor, **extra: Any) -> torch.Tensor:
         """The denoised output at (x, sigma) from the given top-block features: the final layer and tail only."""
-        with replaying(self.final_layer, self.block_lists, given_features(features)) as made:
+        with replaying(self.final_layer, self.block_lists, given_features(features), self.image_offsets) as made:
             denoised = self.denoise(x, sigma, **extra)
         check_replayed(made, features)
         return denoised
 
     def replay_with(self, substitute: Substitute, x: torch.Tensor, sigma: torch.Tensor, **extra: Any) -> torch.Tensor:
         """The denoised output at (x, sigma), the final layer fed `substitute(call)` in each diffusion-model call."""
-        with replaying(self.final_layer, self.block_lists, substitute):
+        with replaying(self.final_layer, self.block_lists, substitute, self.image_offsets):
             return self.denoise(x, sigma, **extra)
 
 
 @contextmanager
-def capturing(final_layer: nn.Module) -> Iterator[list[TopBlockCall]]:
-    """Record the final layer's inputs while the block runs; the list fills as the model is called."""
+def capturing(final_layer: nn.Module, image_offsets: ImageTokenOffsets | None = None) -> Iterator[list[TopBlockCall]]:
+    """Record the final layer's inputs (and, given `image_offsets`, where each row's image tokens start) while the
+    block runs; the list fills as the model is called."""
     calls: list[TopBlockCall] = []
+    with watching_offsets(image_offsets) as offsets:
 
-    def record(module: nn.Module, args: tuple, kwargs: dict) -> None:
-        features, modulation = _split_inputs(module, args, kwargs)
-        calls.append(TopBlockCall(features.detach(), modulation))
+        def record(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            features, modulation = _split_inputs(module, args, kwargs)
+            calls.append(TopBlockCall(features.detach(), modulation, offsets.take(features.shape[0])))
 
-    handle = final_layer.register_forward_pre_hook(record, with_kwargs=True)
+        handle = final_layer.register_forward_pre_hook(record, with_kwargs=True)
+        try:
+            yield calls
+        finally:
+            handle.remove()
+
+
+class OffsetWatch:
+    """The image-token offsets a model's method handed out since the final layer last ran (None without a source)."""
+
+    def __init__(self, source: ImageTokenOffsets | None):
+        self.source, self.pending = source, None
+
+    def seen(self, result: Any) -> None:
+        self.pending = torch.as_tensor([int(value) for value in result[self.source.item]], dtype=torch.long)
+
+    def take(self, rows: int) -> torch.Tensor | None:
+        """The offsets of the call whose final layer runs now, each used once; refused if the method did not run."""
+        if self.source is None:
+            return None
+        offsets, self.pending = self.pending, None
+        name = f"{type(self.source.owner).__name__}.{self.source.method}"
+        if offsets is None:
+            raise RuntimeError(f"the final layer ran without a call of {name} before it, which says where the image "
+                               "tokens start; this model's forward differs from the one the tap knows")
+        if offsets.numel() != rows:
+            raise RuntimeError(f"{name} gave image-token offsets for {offsets.numel()} rows, the final layer got {rows}")
+        return offsets
+
+
+@contextmanager
+def watching_offsets(source: ImageTokenOffsets | None) -> Iterator[OffsetWatch]:
+    """Wrap `source.method` on its module (this instance only) so that each call's offsets are seen; put it back on exit."""
+    watch = OffsetWatch(source)
+    if source is None:
+        yield watch
+        return
+    owner, name = source.owner, source.method
+    had_own = name in vars(owner)  # an instance attribute (another patch) is put back as it was
+    own = vars(owner).get(name)
+    original = getattr(owner, name)
+
+    def watched(*args: Any, **kwargs: Any) -> Any:
+        result = original(*args, **kwargs)
+        watch.seen(result)
+        return result
+
+    setattr(owner, name, watched)
     try:
-        yield calls
+        yield watch
     finally:
-        handle.remove()
+        if had_own:
+            setattr(owner, name, own)
+        else:
+            delattr(owner, name)
 
 
 def given_features(features: TopBlockFeatures) -> Substitute:
@@ -128,15 +196,22 @@ def given_features(features: TopBlockFeatures) -> Substitute:
 
 
 @contextmanager
-def replaying(final_layer: nn.Module, block_lists: Sequence[tuple[nn.Module, str]], substitute: Substitute
-              ) -> Iterator[list[int]]:
+def replaying(final_layer: nn.Module, block_lists: Sequence[tuple[nn.Module, str]], substitute: Substitute,
+              image_offsets: ImageTokenOffsets | None = None) -> Iterator[list[int]]:
     """Run the model without its blocks, the final layer fed `substitute(call)` call by call; yields the calls made
     so far. A caller replaying tapped features checks afterwards that it made as many calls (`check_replayed`)."""
+    with watching_offsets(image_offsets) as offsets, _replaying(final_layer, block_lists, substitute, offsets) as made:
+        yield made
+
+
+@contextmanager
+def _replaying(final_layer: nn.Module, block_lists: Sequence[tuple[nn.Module, str]], substitute: Substitute,
+               offsets: OffsetWatch) -> Iterator[list[int]]:
     made: list[int] = []
 
     def feed(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
         seen, modulation = _split_inputs(module, args, kwargs)
-        given = substitute(TopBlockCall(seen, modulation))
+        given = substitute(TopBlockCall(seen, modulation, offsets.take(seen.shape[0])))
         made.append(len(made))
         given = given.to(device=seen.device, dtype=seen.dtype)
         if args:

@@ -11,6 +11,8 @@ mode keeps exactly the law of Euler-ancestral whatever the drafter proposes.
 One model evaluation of R states may call the diffusion model several times (guidance batches cond and uncond in
 one call, or in several): call c holds m_c x R rows, m_c consecutive chunks of R rows in state order. The chunks
 of all calls, in call order, are a state's "slots" (its guidance branches): features by state are (R, S, T, D).
+Where a model's image tokens do not start at token 0 (Lumina 2: each row's caption first), the drafter places
+each row's state change at the image-token offset the tap recorded with that call (`image_offsets`).
 """
 
 from __future__ import annotations
@@ -22,23 +24,49 @@ import torch
 from .k_diffusion_sampler import AncestralStep, Model, SigmaSpace
 from .rounds import advance_history
 from .tapped_model import TappedModel, TopBlockCall, TopBlockFeatures
-from ..models.token_drafter import TokenDrafter, latent_patches
+from ..models.token_drafter import TokenDrafter, image_patch_index, latent_patches
 
 
 def slots_by_state(features: TopBlockFeatures, states: int) -> torch.Tensor:
     """(states, S, T, D): every call's rows split into chunks of `states` rows, the chunks of all calls in order."""
-    chunks = []
-    for index, call in enumerate(features.calls):
-        rows = call.features.shape[0]
-        if rows % states:
-            raise RuntimeError(f"diffusion-model call {index} had {rows} rows for {states} states: FREE's learned drafter "
-                               "needs whole guidance branches per call; use frozen drafts with this conditioning")
-        chunks.append(call.features.unflatten(0, (rows // states, states)))
+    chunks = _chunks_by_state([call.features for call in features.calls], states)
     widths = {chunk.shape[2:] for chunk in chunks}
     if len(widths) != 1:
         raise RuntimeError(f"the diffusion-model calls gave top-block features of shapes {sorted(map(tuple, widths))}; "
                            "FREE's learned drafter needs one token layout per evaluation")
     return torch.cat(chunks).transpose(0, 1)
+
+
+def image_offsets_by_state(features: TopBlockFeatures, states: int) -> torch.Tensor:
+    """(states, S) long: where each slot's image tokens start, in the slots of `slots_by_state` (0 where the tap
+    records no offsets)."""
+    offsets = [call.image_offsets if call.image_offsets is not None
+               else torch.zeros(call.features.shape[0], dtype=torch.long) for call in features.calls]
+    return torch.cat(_chunks_by_state([o.cpu() for o in offsets], states)).transpose(0, 1)
+
+
+def call_patch_index(call: TopBlockCall, patches: int) -> torch.Tensor | None:
+    """(rows, T): the latent patch each token of this call shows (`image_patch_index`), or None where the image tokens
+    start at token 0 (no offsets recorded)."""
+    if call.image_offsets is None:
+        return None
+    tokens, offsets = call.features.shape[1], call.image_offsets  # on the CPU, as the tap read them: no device sync
+    if int(offsets.min()) < 0 or int(offsets.max()) + patches > tokens:  # e.g. read from another version of the model
+        raise RuntimeError(f"the tap's image-token offsets {offsets.tolist()} put {patches} latent patches outside the "
+                           f"{tokens} tokens of the final layer; use frozen drafts with this model")
+    device = call.features.device
+    return image_patch_index(offsets.to(device), torch.arange(tokens, device=device), patches)
+
+
+def _chunks_by_state(per_call: list[torch.Tensor], states: int) -> list[torch.Tensor]:
+    """Each call's rows (first axis) as (rows // states, states, ...) chunks; refused unless whole branches."""
+    chunks = []
+    for index, rows in enumerate(per_call):
+        if rows.shape[0] % states:
+            raise RuntimeError(f"diffusion-model call {index} had {rows.shape[0]} rows for {states} states: FREE's learned "
+                               "drafter needs whole guidance branches per call; use frozen drafts with this conditioning")
+        chunks.append(rows.unflatten(0, (rows.shape[0] // states, states)))
+    return chunks
 
 
 def modulation_vector(call: TopBlockCall, drafter_name: str = "FREE's learned drafter") -> torch.Tensor:
@@ -102,7 +130,8 @@ class TappedSigmaSpace(SigmaSpace):
                 raise RuntimeError(f"a drafting call had {call.features.shape[0]} rows for {state.shape[0]} states and "
                                    f"{history.shape[2]} verified branches; the model must evaluate guidance alike in both")
             features = self.drafter(slot_history.permute(2, 0, 1, 3, 4).flatten(0, 1),  # (chunks R, m, T, D)
-                                    state_patches.repeat(chunks, 1, 1), modulation_vector(call))
+                                    state_patches.repeat(chunks, 1, 1), modulation_vector(call),
+                                    call_patch_index(call, state_patches.shape[1]))
             drafted.append(features.unflatten(0, (chunks, -1)))
             return features
 
@@ -150,6 +179,7 @@ def drafting_pass(tapped: TappedModel, drafter: TokenDrafter, x: torch.Tensor, s
     def substitute(call: TopBlockCall) -> torch.Tensor:
         chunks = call.features.shape[0] // x.shape[0]
         history = call.features.unsqueeze(1).expand(-1, drafter.history_length, -1, -1)
-        return drafter(history, patches.repeat(chunks, 1, 1), modulation_vector(call))
+        return drafter(history, patches.repeat(chunks, 1, 1), modulation_vector(call),
+                       call_patch_index(call, patches.shape[1]))
 
     return lambda: tapped.replay_with(substitute, x, sigma, **extra_args)

@@ -10,7 +10,9 @@ family), and conditions on the modulation:
     u   = [h_{i+1} - h_{i+2}, LN(h_{i+1}), W_x patches(x_i - x_{i+1})]     (T, 3D)
     h_i = h_{i+1} + (1 + gate(m)) * W2 gelu(modulate(W1 u, m))             (T, D)
 
-Tokens past the latent's patches (reference images of Kontext / Qwen-Edit) get no state change. Per-token and
+Patch j's state change lands on token offset + j, where offset is where the row's image tokens start (0 for most
+families; Lumina 2 puts its caption first, and the tap records the caption length per row). Other tokens (caption,
+padding, reference images of Kontext / Qwen-Edit) get no state change. Per-token and
 per-row, so any resolution, aspect ratio or frame count (T) works and training may use a subset of tokens.
 A drafter file records the model class, a fingerprint of its final layer's weights, the width and the patch
 size; using it with another model is refused, naming both.
@@ -86,6 +88,14 @@ def latent_patches(change: torch.Tensor, patch_size: tuple[int, ...]) -> torch.T
     return rearrange(change, f"r c {axes} -> r ({grid}) (c {within})", **{f"p{k}": p for k, p in enumerate(patch)})
 
 
+def image_patch_index(offsets: torch.Tensor, positions: torch.Tensor, patches: int) -> torch.Tensor:
+    """(R, T): the latent patch each token shows, -1 for none: the token at position `offset + j` shows patch j.
+    offsets (R,): where each row's image tokens start; positions (T,): the tokens' positions in the model's sequence
+    (all of them, or the ones a recording kept)."""
+    index = positions.to(offsets.device).unsqueeze(0) - offsets.unsqueeze(1)  # (R, T)
+    return torch.where((index >= 0) & (index < patches), index, torch.full_like(index, -1))
+
+
 def patch_inputs(channels: int, patch_size: tuple[int, ...]) -> int:
     return channels * math.prod(patch_size)
 
@@ -110,12 +120,18 @@ class TokenDrafter(nn.Module):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 
-    def forward(self, history: torch.Tensor, state_patches: torch.Tensor, modulation: torch.Tensor) -> torch.Tensor:
-        """history (R, m, T, D) oldest first; state_patches (R, P <= T, C prod(patch)); modulation (R, D_mod) -> (R, T, D)."""
+    def forward(self, history: torch.Tensor, state_patches: torch.Tensor, modulation: torch.Tensor,
+                patch_index: torch.Tensor | None = None) -> torch.Tensor:
+        """history (R, m, T, D) oldest first; state_patches (R, P, C prod(patch)); modulation (R, D_mod) -> (R, T, D).
+        patch_index (R, T): the patch each token shows, -1 for none (`image_patch_index`); None: token j shows patch
+        j for j < P (image tokens first, P <= T)."""
         last, previous = history[:, -1], history[:, -2]
         dtype = self.fc1.weight.dtype
         state_change = self.state_embedding(state_patches.to(dtype))  # (R, P, D)
-        if state_change.shape[1] < last.shape[1]:  # reference tokens after the generated ones: no state change
+        if patch_index is not None:  # each token its patch's state change; caption, padding, reference tokens none
+            shown = state_change.gather(1, patch_index.clamp(min=0).unsqueeze(-1).expand(-1, -1, state_change.shape[-1]))
+            state_change = torch.where((patch_index >= 0).unsqueeze(-1), shown, torch.zeros_like(shown))  # (R, T, D)
+        elif state_change.shape[1] < last.shape[1]:  # reference tokens after the generated ones: no state change
             state_change = nn.functional.pad(state_change, (0, 0, 0, last.shape[1] - state_change.shape[1]))
         u = torch.cat([(last - previous).to(dtype), self.norm(last.to(dtype)), state_change], dim=-1)
         shift, scale, gate = self.adaLN_modulation(modulation.to(dtype)).split(

@@ -5,6 +5,8 @@ model called through its top-block tap: the images are the plain sampler's, and 
 top-block features and the final layer's modulation of every guidance branch, and the state change the drafter
 reads. A random subset of tokens may be kept (`max_tokens`): the drafter is per token and per row, so a subset
 trains it as the whole would, at a fraction of the disk (Flux at 1024^2 has 4096 tokens of width 3072 per step).
+The state patches are kept whole, with the token where each slot's image tokens start (`image_offsets`: Lumina 2
+puts each row's caption first), so training places each state change on the token the sampler does.
 
 Training unrolls the drafter over `unroll` steps exactly as a round drafts: the history starts from recorded
 (verified) features, each drafted h_i is fed back, the state changes are the recorded chain's (on acceptance the
@@ -32,10 +34,11 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..engine.k_diffusion_sampler import AncestralStep, sample_euler_ancestral
 from ..engine.tapped_model import TappedModel
-from ..engine.tapped_sigma_space import ModelInput, modulation_vector, slots_by_state, state_change, unscaled
+from ..engine.tapped_sigma_space import (ModelInput, image_offsets_by_state, modulation_vector, slots_by_state,
+                                         state_change, unscaled)
 from ..models.checkpoints import safetensors_keys_and_metadata
-from ..models.token_drafter import (TappedModelIdentity, TokenDrafter, latent_patches, load_token_drafter,
-                                     save_token_drafter, token_drafter_for)
+from ..models.token_drafter import (TappedModelIdentity, TokenDrafter, image_patch_index, latent_patches,
+                                     load_token_drafter, save_token_drafter, token_drafter_for)
 from .distributed import DistributedContext, all_reduce_mean
 from .progress import Progress
 
@@ -47,9 +50,9 @@ def record_trajectories(tapped: TappedModel, identity: TappedModelIdentity, x: t
                         callback: Callable | None = None, model_input: ModelInput = unscaled
                         ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Plain Euler-ancestral from `x` over `sigmas` (the samples are the plain sampler's), and what it recorded:
-    features (N, B, S, T', D), modulation (N, B, S, D_mod), state_patches (N, B, P', C prod(patch)) of x_i - x_{i-1}
-    (zero at i = 0) as the model's input sees it (`model_input`), tokens (T',) kept, sigmas (N + 1,). Tokens past the
-    latent's patches get no state patch."""
+    features (N, B, S, T', D), modulation (N, B, S, D_mod), state_patches (N, B, P, C prod(patch)) of x_i - x_{i-1}
+    (zero at i = 0) as the model's input sees it (`model_input`), all P of them, image_offsets (N, B, S) where each
+    slot's image tokens start (token offset + j shows patch j), tokens (T',) kept, sigmas (N + 1,)."""
     steps: list[dict[str, torch.Tensor]] = []
     previous = [(x, sigmas[:1].expand(x.shape[0]).to(x))]
 
@@ -59,7 +62,8 @@ def record_trajectories(tapped: TappedModel, identity: TappedModelIdentity, x: t
         steps.append({"features": slots_by_state(features, state.shape[0]),
                       "modulation": torch.cat([modulation_vector(call).unflatten(0, (-1, state.shape[0]))
                                                for call in features.calls]).transpose(0, 1),
-                      "state_patches": latent_patches(change, identity.patch_size)})
+                      "state_patches": latent_patches(change, identity.patch_size),
+                      "image_offsets": image_offsets_by_state(features, state.shape[0])})
         previous.append((state, sigma))
         return denoised
 
@@ -68,12 +72,11 @@ def record_trajectories(tapped: TappedModel, identity: TappedModelIdentity, x: t
     generator = torch.Generator().manual_seed(int(extra_args.get("seed", 0)))
     tokens = torch.arange(token_count) if max_tokens is None or max_tokens >= token_count else (
         torch.randperm(token_count, generator=generator)[:max_tokens].sort().values)
-    patches = steps[0]["state_patches"].shape[1]
-    in_latent = tokens[tokens < patches]
     recording = {
         "features": torch.stack([s["features"][:, :, tokens.to(s["features"].device)] for s in steps]).cpu(),
         "modulation": torch.stack([s["modulation"] for s in steps]).cpu(),
-        "state_patches": torch.stack([s["state_patches"][:, in_latent.to(s["state_patches"].device)] for s in steps]).float().cpu(),
+        "state_patches": torch.stack([s["state_patches"] for s in steps]).float().cpu(),
+        "image_offsets": torch.stack([s["image_offsets"] for s in steps]),
         "tokens": tokens, "sigmas": sigmas.double().cpu(),
     }
     return samples, recording
@@ -205,32 +208,46 @@ def save_trained(path: str | Path, drafter: TokenDrafter, losses: list[float], r
     return save_token_drafter(path, drafter, losses, len(recordings), step_counts)
 
 
+def recorded_token_layout(recording: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(positions (T',), image_offsets (N, B, S)): what `image_patch_index` needs to find each kept token's state patch.
+    A recording without offsets (written before they were recorded) holds the patches of its kept tokens below the
+    latent's patch count, image tokens first: kept token j shows stored patch j, offset 0."""
+    if "image_offsets" in recording:
+        return recording["tokens"], recording["image_offsets"]
+    steps, rows, slots, tokens = recording["features"].shape[:4]
+    return torch.arange(tokens), torch.zeros(steps, rows, slots, dtype=torch.long)
+
+
 def _minibatch(recording: dict[str, torch.Tensor], config: TappedDrafterTrainConfig, chooser: random.Random,
                device: torch.device | str) -> tuple[torch.Tensor, ...]:
-    """(features (b, U+m, T, D) from step i - m, modulation (b, U, D_mod), patches (b, U, P, C'), scale (b,))."""
+    """(features (b, U+m, T, D) from step i - m, modulation (b, U, D_mod), patches (b, U, P, C'), the patch each token
+    shows (b, U, T), scale (b,))."""
     features, modulation, patches = recording["features"], recording["modulation"], recording["state_patches"]
+    positions, offsets = recorded_token_layout(recording)
     steps, rows, slots = features.shape[:3]
     m, unroll = config.history_length, config.unroll
     picks = [(chooser.randrange(1, steps - unroll + 1), chooser.randrange(rows), chooser.randrange(slots))
              for _ in range(config.batch_size)]
-    window, mods, changes = [], [], []
+    window, mods, changes, shown = [], [], [], []
     for start, row, slot in picks:
         history_steps = [max(start - m + k, 0) for k in range(m)]  # padded at the start, as sampling's first round is
         window.append(features[history_steps + list(range(start, start + unroll)), row, slot])
         mods.append(modulation[start:start + unroll, row, slot])
         changes.append(patches[start:start + unroll, row])
+        shown.append(image_patch_index(offsets[start:start + unroll, row, slot], positions, patches.shape[2]))
     window = torch.stack(window).float().to(device)
     # the error of copying the last features, per draw: the loss is relative to it (1.0 = no better than copying)
     copy_error = (window[:, m:] - window[:, m - 1:-1]).pow(2).mean(dim=(1, 2, 3)).clamp(min=1e-12)
-    return window, torch.stack(mods).float().to(device), torch.stack(changes).float().to(device), copy_error
+    return (window, torch.stack(mods).float().to(device), torch.stack(changes).float().to(device),
+            torch.stack(shown).to(device), copy_error)
 
 
 def _unrolled_loss(drafter: torch.nn.Module, window: torch.Tensor, modulation: torch.Tensor, patches: torch.Tensor,
-                   copy_error: torch.Tensor, unroll: int) -> torch.Tensor:
+                   patch_index: torch.Tensor, copy_error: torch.Tensor, unroll: int) -> torch.Tensor:
     m = window.shape[1] - unroll
     history, total = window[:, :m], window.new_zeros(())
     for u in range(unroll):
-        drafted = drafter(history, patches[:, u], modulation[:, u])
+        drafted = drafter(history, patches[:, u], modulation[:, u], patch_index[:, u])
         error = (drafted - window[:, m + u]).pow(2).mean(dim=(1, 2))
         total = total + (error / copy_error).mean()
         history = torch.cat([history[:, 1:], drafted.unsqueeze(1)], dim=1)
