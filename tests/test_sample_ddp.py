@@ -120,6 +120,9 @@ def test_resuming_with_other_settings_is_refused_in_one_line(tmp_path, capsys):
     assert batch_path(parts_dir(out), 0).is_file()  # the refused run touched nothing
     assert main([*RUN, "--dtype", "bfloat16", "--out", str(out)]) == 2  # another dtype draws other samples
     assert "dtype 'float32' there, 'bfloat16' now" in capsys.readouterr().err
+    # random:DiT-Micro/8 drafts frozen, which has nothing to compile: refused before the settings are read
+    assert main([*RUN, "--compile-drafter", "--out", str(out)]) == 2
+    assert "--compile-drafter with --drafter frozen" in capsys.readouterr().err
 
 
 BAD_INPUTS = [  # (arguments, words the one-line message must contain)

@@ -110,6 +110,12 @@ def sample_options(args: argparse.Namespace) -> SamplerOptions:
                           compile_drafter=args.compile_drafter)
 
 
+def check_compile_drafter(options: SamplerOptions, drafter_spec: str) -> None:
+    if options.compile_drafter and drafter_spec == FROZEN:
+        raise OptionError("--compile-drafter with --drafter frozen: the frozen drafter has no network to compile; "
+                          "use a learned drafter (e.g. --drafter embedded) or drop --compile-drafter")
+
+
 def command_sample(args: argparse.Namespace) -> int:
     # Every option is checked before anything is loaded or run.
     options = sample_options(args)
@@ -122,9 +128,7 @@ def command_sample(args: argparse.Namespace) -> int:
     drafter_spec = args.drafter or default_drafter(args.model)
     check_dit_spec(args.model)
     check_drafter_spec(drafter_spec)
-    if options.compile_drafter and drafter_spec == FROZEN:
-        raise OptionError("--compile-drafter with --drafter frozen: the frozen drafter has no network to compile; "
-                          "use a learned drafter (e.g. --drafter embedded) or drop --compile-drafter")
+    check_compile_drafter(options, drafter_spec)
     model = resolve_dit(args.model, device, dtype=dtype)
     drafter = resolve_drafter(drafter_spec, model, device)
     labels = labels_for(requested_labels, args.batch, model.num_classes)

@@ -169,7 +169,7 @@ def summary_line(report: dict) -> str:
 
 def command_sample_ddp(args: argparse.Namespace) -> int:
     """Sample this process's batches (skipping those already written), then rank 0 assembles the .npz and JSON."""
-    from .cli import check_device, parse_labels, positive_int, sample_options
+    from .cli import check_compile_drafter, check_device, parse_labels, positive_int, sample_options
 
     # Every option is checked before anything is loaded or run.
     options = sample_options(args)
@@ -184,6 +184,7 @@ def command_sample_ddp(args: argparse.Namespace) -> int:
     drafter_spec = args.drafter or default_drafter(args.model)
     check_dit_spec(args.model)
     check_drafter_spec(drafter_spec)
+    check_compile_drafter(options, drafter_spec)
 
     ctx = setup_distributed(args.device, timeout=RANK_WAIT)
     try:
@@ -244,7 +245,7 @@ def _sample_and_assemble(args: argparse.Namespace, options: SamplerOptions, requ
 
 
 SHARED_WITH_SAMPLE = ("--model", "--drafter", "--steps", "--cfg", "--variance", "--draft-length", "--max-draft-length",
-                      "--relax-strength", "--labels", "--device", "--dtype", "--debug")
+                      "--relax-strength", "--labels", "--device", "--dtype", "--compile-drafter", "--debug")
 
 
 def add_sample_ddp_parser(sub: argparse._SubParsersAction, sample: argparse.ArgumentParser,
