@@ -150,8 +150,8 @@ def accept_prefix(
     """
     device = mean_q.device
     if not draft_means:  # a round of plain steps: one verified row per sample, in sample order
-        if verified_finite is not None:
-            _refuse_non_finite(to_host([verified_finite])[0])
+        if verified_finite is not None and not bool(verified_finite):  # the round's one read of the device
+            raise ValueError(NON_FINITE_OUTPUT)
         stop = np.zeros(drafts.size, dtype=np.int64)
         return mean_q + std_q * step_noise(mean_q, generator), torch.zeros_like(offsets), stop
     position_h, sample_h = draft_layout(drafts)

@@ -47,12 +47,17 @@ class DDPMSpace:
 
     def begin_round(self, active: torch.Tensor) -> None:
         self.active = active
-        if self.last_output is not None:  # work copies (indexing copies): drafts overwrite them within the round
-            self.work_output = self.last_output[active]
-            self.work_history = self.history[active] if self.history is not None else None
+        self.work_output = self.work_history = None  # made by the round's first draft: a plain-step round needs none
+
+    def _work_copies(self) -> None:
+        """The round's drafts overwrite copies (indexing copies) of the active samples' output and history."""
+        self.work_output = self.last_output[self.active]
+        self.work_history = self.history[self.active] if self.history is not None else None
 
     def draft(self, rows, progress, state, previous):
         denoiser, device = self.denoiser, state.device
+        if self.work_output is None:
+            self._work_copies()
         every_row = rows.numel() == self.active.numel()  # then rows is 0..A-1: read and write whole tensors
         i = self.step_label(progress).to(device)
         x_rows, t_rows, y_rows = denoiser.rows(state, i, self.labels[self.active[rows].to(device)])
@@ -99,15 +104,22 @@ class DDPMSpace:
         output_by_state = self.output_rows.unflatten(0, (-1, branches))
         a_count = active.numel()
         plain_step = output_by_state.shape[0] == a_count  # one state per sample verified: nothing was drafted
-        if self.last_output is None:
-            self.last_output = output_by_state.new_zeros((self.labels.shape[0], *output_by_state.shape[1:]))
-        self.last_output[active] = output_by_state if plain_step else output_by_state[chosen_rows]
+        every_sample = a_count == self.labels.shape[0]  # then active is 0..n-1: whole tensors, no index round trips
+        if every_sample and plain_step:
+            self.last_output = output_by_state  # a fresh tensor each verification; drafts write to their own copies
+        else:
+            if self.last_output is None:
+                self.last_output = output_by_state.new_zeros((self.labels.shape[0], *output_by_state.shape[1:]))
+            self.last_output[active] = output_by_state if plain_step else output_by_state[chosen_rows]
         m = self.history_length
         if not m:
             return
         features_by_state = self.feature_rows.unflatten(0, (-1, branches))  # (states, branches, T, D)
         if plain_step and self.history is not None:  # the general update below, for stop = 0 everywhere
-            self.history[active] = torch.cat([self.history[active][:, :, 1:], features_by_state.unsqueeze(2)], dim=2)
+            if every_sample:
+                self.history = torch.cat([self.history[:, :, 1:], features_by_state.unsqueeze(2)], dim=2)
+            else:
+                self.history[active] = torch.cat([self.history[active][:, :, 1:], features_by_state.unsqueeze(2)], dim=2)
             return
         # advance_history keeps the step axis second: the history is (n, branches, m, T, D), seen as (n, m, branches, T, D)
         old = None if self.history is None else self.history.transpose(1, 2)
