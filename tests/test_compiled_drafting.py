@@ -73,3 +73,25 @@ def test_compiling_the_frozen_drafter_is_refused_naming_the_option(dit_and_draft
     code = main(["sample", "--model", "random:DiT-Micro/8", "--compile-drafter", "--steps", "4", "--out", "unused.png"])
     error = capsys.readouterr().err
     assert code == 2 and "--compile-drafter with --drafter frozen" in error and "drop --compile-drafter" in error
+
+
+def test_a_compiler_failure_names_the_option_to_drop_and_the_device_check_reports_it(dit_and_drafter, monkeypatch):
+    import free_core.engine.compiled_drafting as compiled_drafting
+    from free_core.evaluation.device_report import large_lines
+
+    def broken_compile(function, **options):
+        def compiled(*args, **kwargs):
+            raise OSError("no C++ compiler found\nlong inductor log")
+        return compiled
+
+    monkeypatch.setattr(compiled_drafting.torch, "compile", broken_compile)
+    dit, drafter = dit_and_drafter
+    with pytest.raises(RuntimeError) as failure:
+        CompiledDrafter(drafter, "cpu").propose(dit, _context(dit, 2))
+    message = str(failure.value)
+    assert "\n" not in message and message.startswith("compile_drafter (--compile-drafter): torch.compile failed")
+    assert "OSError: no C++ compiler found" in message and "run without the option" in message
+
+    lines = large_lines("bf16", [{"model": "DiT-XL/2 256px", "parameters": 675e6, "batch_cost_curve": {"2": 0.01},
+                                  "compiled_drafting_error": "RuntimeError: " + message}])
+    assert any(line.startswith("The drafter could not be compiled here: RuntimeError: compile_drafter") for line in lines)

@@ -35,12 +35,22 @@ class CompiledDrafter:
         self.compile_mode = compile_mode(device)
         # dynamic=None: the first shape compiles static; a second row count recompiles once with a dynamic batch axis
         self._compiled = torch.compile(drafter.propose, mode=self.compile_mode, dynamic=None)
+        self._compiled_before = False  # a failure in the first call is the compiler's; later ones are the drafter's
 
     def propose(self, model: torch.nn.Module, context: DraftContext) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.compile_mode == "reduce-overhead":
+            torch.compiler.cudagraph_mark_step_begin()
+        try:
+            output, features = self._compiled(model, context)
+        except Exception as error:  # noqa: BLE001 - a compiler missing or failing here: say which option to drop
+            if self._compiled_before:
+                raise
+            first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            raise RuntimeError(f"compile_drafter (--compile-drafter): torch.compile failed on this machine "
+                               f"({type(error).__name__}: {first_line}); run without the option") from error
+        self._compiled_before = True
         if self.compile_mode != "reduce-overhead":
-            return self._compiled(model, context)
+            return output, features
         # A CUDA graph's outputs are buffers the next replay overwrites; the round keeps drafted outputs and
         # features across passes, so it gets copies.
-        torch.compiler.cudagraph_mark_step_begin()
-        output, features = self._compiled(model, context)
         return output.clone(), None if features is None else features.clone()

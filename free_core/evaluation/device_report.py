@@ -189,6 +189,21 @@ def large_dit(name: str, latent_size: int, device: torch.device, dtype: torch.dt
     return model.to(device=device, dtype=dtype).eval()
 
 
+def measure_compiled_drafting(entry: dict, denoiser: GuidedDenoiser, model: DiT, x: torch.Tensor, labels: torch.Tensor,
+                              curve: dict[int, float], learned_rounds: list[dict]) -> None:
+    """The drafting pass with the drafter compiled (CUDA graphs on CUDA), its cost-model limit, and the projection's
+    compiled column, into `entry`."""
+    compiled_drafter = CompiledDrafter(drafter_for(model), x.device)
+    started = time.perf_counter()  # the compile happens in the pass's untimed warm-up
+    compiled = cached_draft_cost(denoiser, compiled_drafter, x, labels)
+    entry["compiled_drafting"] = {"mode": compiled_drafter.compile_mode, "draft_cost_s": compiled,
+                                  "compile_and_measure_s": time.perf_counter() - started,
+                                  "cost_model_limit": cost_model_limit(curve, denoiser.branches, compiled)}
+    compiled_ratio = compiled / interpolate_cost(curve, denoiser.branches)
+    for row, r in zip(entry["projection"], learned_rounds):
+        row["projected_speedup_compiled"] = projected_speedup(_stats_from_row(r), curve, denoiser.branches, compiled_ratio)
+
+
 def run_large(config: DeviceCheckConfig, dtype: torch.dtype, embedded_speed: list[dict], deadline: Deadline, log) -> list[dict]:
     """Per large model: the measured batch-cost curve and drafting pass, and the projection of the embedded rounds onto it."""
     device = torch.device(config.device)
@@ -220,15 +235,10 @@ def run_large(config: DeviceCheckConfig, dtype: torch.dtype, embedded_speed: lis
                  "projected_speedup": projected_speedup(_stats_from_row(r), curve, denoiser.branches, ratio)}
                 for r in learned_rounds]
             if index < config.compiled_large_models and not deadline.expired():
-                compiled_drafter = CompiledDrafter(drafter_for(model), device)
-                started = time.perf_counter()  # the compile happens in the pass's untimed warm-up
-                compiled = cached_draft_cost(denoiser, compiled_drafter, x, labels)
-                entry["compiled_drafting"] = {"mode": compiled_drafter.compile_mode, "draft_cost_s": compiled,
-                                              "compile_and_measure_s": time.perf_counter() - started,
-                                              "cost_model_limit": cost_model_limit(curve, denoiser.branches, compiled)}
-                compiled_ratio = compiled / interpolate_cost(curve, denoiser.branches)
-                for row, r in zip(entry["projection"], learned_rounds):
-                    row["projected_speedup_compiled"] = projected_speedup(_stats_from_row(r), curve, denoiser.branches, compiled_ratio)
+                try:  # a compiler failure is reported with the model; the other models are still measured
+                    measure_compiled_drafting(entry, denoiser, model, x, labels, curve, learned_rounds)
+                except Exception as error:  # noqa: BLE001
+                    entry["compiled_drafting_error"] = f"{type(error).__name__}: {' '.join(str(error).split())[:300]}"
         log(f"{label}: {len(curve)} curve points" + (f", drafting pass {entry['draft_cost_s'] * 1e3:.2f} ms" if "draft_cost_s" in entry else ""))
         results.append(entry)
         del model, denoiser
@@ -352,6 +362,8 @@ def large_lines(dtype: str, models: list[dict]) -> list[str]:
             draft = f"{m['draft_cost_s'] * 1e3:.2f} ms" if "draft_cost_s" in m else "not measured"
             lines += [f"{m['parameters'] / 1e6:.0f}M parameters; one drafting pass (fresh drafter, batch 1, CFG rows): {draft}.", ""]
             lines += curve_lines(m["batch_cost_curve"]) + limit_lines(m)
+            if "compiled_drafting_error" in m:
+                lines += [f"The drafter could not be compiled here: {m['compiled_drafting_error']}.", ""]
             if "compiled_drafting" in m:
                 c = m["compiled_drafting"]
                 lines += [f"With the drafter compiled (`--compile-drafter`, torch.compile mode {c['mode']}): one drafting pass "
