@@ -75,7 +75,7 @@ def quick_config(out_dir: str, device: str = "cpu") -> DeviceCheckConfig:
     return DeviceCheckConfig(device=device, out_dir=out_dir, quick=True, steps=(20,), batches=(1,), repeats=1,
                              draft_lengths=(4,), embedded_rows=(1, 2, 4, 8), large_models=(("DiT-Micro/8", 32), ("DiT-Micro/8", 64)),
                              large_rows=(2, 4), test_args=("tests/test_samplers.py", "-k", "same_seed_same_bits"),
-                             budgets_s={"tests": 60.0, "embedded": 30.0, "large": 90.0})
+                             budgets_s={"tests": 60.0, "embedded": 30.0, "large": 150.0})
 
 
 def dtype_support() -> str | None:
