@@ -69,3 +69,13 @@ def test_cuda_device_without_cuda_is_refused_naming_the_option(capsys):
         main(["--device", "cuda", "--out", "unused"])
     assert exit_info.value.code == 2
     assert "--device cuda: CUDA is not available" in capsys.readouterr().err
+
+
+def test_a_test_run_stopped_at_its_budget_keeps_its_counts_so_far():
+    from free_core.evaluation.device_report import progress_counts, test_lines
+
+    stdout = "........F.s..  [ 40%]\n.E.x\nsome log line with dots ...\n"
+    assert progress_counts(stdout) == {"passed": 13, "failed": 1, "errors": 1, "skipped": 2}
+    lines = test_lines({"device": "cuda", "args": ["tests/x.py"], "seconds": 170.4, "note": "stopped at 170 s",
+                        "partial": progress_counts(stdout)})
+    assert "Not finished: stopped at 170 s (170 s); before it was stopped: 13 passed, 1 failed, 1 errors, 2 skipped." in lines

@@ -120,8 +120,10 @@ def run_tests(config: DeviceCheckConfig, log) -> dict:
     result = {"device": config.device, "args": list(config.test_args)}
     try:
         done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=config.budgets_s["tests"])
-    except subprocess.TimeoutExpired:
-        return {**result, "seconds": time.perf_counter() - started, "note": Deadline(config.budgets_s["tests"]).note("pytest finished")}
+    except subprocess.TimeoutExpired as timeout:  # keep what the killed run had reported (its progress characters)
+        partial = timeout.stdout.decode(errors="replace") if isinstance(timeout.stdout, bytes) else timeout.stdout or ""
+        return {**result, "seconds": time.perf_counter() - started, "partial": progress_counts(partial),
+                "note": Deadline(config.budgets_s["tests"]).note("pytest finished")}
     summary = (done.stdout.strip().splitlines() or [""])[-1]
     counts = {word: int(n) for n, word in re.findall(r"(\d+) (passed|failed|errors?|skipped|deselected)", summary)}
     counts["errors"] = counts.pop("error", 0) + counts.pop("errors", 0)
@@ -129,6 +131,16 @@ def run_tests(config: DeviceCheckConfig, log) -> dict:
     log(f"tests on {config.device}: {summary}")
     return {**result, "seconds": time.perf_counter() - started, "returncode": done.returncode, "summary": summary,
             **{k: counts.get(k, 0) for k in ("passed", "failed", "errors", "skipped", "deselected")}, "failures": failures[:20]}
+
+
+PROGRESS_LINE = re.compile(r"^([.FEsxX]+)\s*(\[\s*\d+%\])?$")
+
+
+def progress_counts(stdout: str) -> dict[str, int]:
+    """Passed / failed / errors / skipped so far, from `pytest -q`'s progress characters (a run killed midway)."""
+    marks = "".join(match.group(1) for line in stdout.splitlines() if (match := PROGRESS_LINE.match(line.strip())))
+    return {"passed": marks.count("."), "failed": marks.count("F"), "errors": marks.count("E"),
+            "skipped": marks.count("s") + marks.count("x") + marks.count("X")}
 
 
 def build_dit(spec: str, device: torch.device, dtype: torch.dtype) -> DiT:
@@ -316,7 +328,10 @@ def test_lines(tests: dict | None) -> list[str]:
         return []
     lines = [f"## Tests with FREE_TEST_DEVICE={tests['device']}", "", f"`pytest {' '.join(tests['args'])}`", ""]
     if "note" in tests:
-        return lines + [f"Not finished: {tests['note']} ({tests['seconds']:.0f} s).", ""]
+        done = tests.get("partial")
+        so_far = "" if done is None else (f"; before it was stopped: {done['passed']} passed, {done['failed']} failed, "
+                                          f"{done['errors']} errors, {done['skipped']} skipped")
+        return lines + [f"Not finished: {tests['note']} ({tests['seconds']:.0f} s){so_far}.", ""]
     lines += ["| passed | failed | errors | skipped | seconds |", "|---|---|---|---|---|",
               f"| {tests['passed']} | {tests['failed']} | {tests['errors']} | {tests['skipped']} | {tests['seconds']:.0f} |", ""]
     return lines + [f"- `{failure}`" for failure in tests["failures"]] + ([""] if tests["failures"] else [])
