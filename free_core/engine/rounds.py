@@ -150,8 +150,8 @@ def accept_prefix(
     """
     device = mean_q.device
     if not draft_means:  # a round of plain steps: one verified row per sample, in sample order
-        if verified_finite is not None and not bool(verified_finite):  # the round's one read of the device
-            raise ValueError(NON_FINITE_OUTPUT)
+        if verified_finite is not None:
+            _refuse_non_finite(bool(verified_finite))  # the round's one read of the device
         stop = np.zeros(drafts.size, dtype=np.int64)
         return mean_q + std_q * step_noise(mean_q, generator), torch.zeros_like(offsets), stop
     position_h, sample_h = draft_layout(drafts)
@@ -171,7 +171,7 @@ def accept_prefix(
     checks = [] if verified_finite is None else [verified_finite]
     stop_h, step_h, kinds_h, *finite = to_host([stop, step_index, kinds, *checks])  # the round's one read of the device
     if finite:
-        _refuse_non_finite(finite[0])
+        _refuse_non_finite(bool(finite[0].all()))
 
     stop_of_draft = stop_h[sample_h]
     decided = position_h <= stop_of_draft  # the drafts a one-at-a-time round would have tested
@@ -192,8 +192,8 @@ def accept_prefix(
     return new_state, stop, stop_h
 
 
-def _refuse_non_finite(verified_finite: np.ndarray) -> None:
-    if not verified_finite.all():
+def _refuse_non_finite(all_finite: bool) -> None:
+    if not all_finite:
         raise ValueError(NON_FINITE_OUTPUT)
 
 
