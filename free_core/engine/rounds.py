@@ -149,11 +149,6 @@ def accept_prefix(
     new state.
     """
     device = mean_q.device
-    if not draft_means:  # a round of plain steps: one verified row per sample, in sample order
-        if verified_finite is not None:
-            _refuse_non_finite(bool(verified_finite))  # the round's one read of the device
-        stop = np.zeros(drafts.size, dtype=np.int64)
-        return mean_q + std_q * step_noise(mean_q, generator), torch.zeros_like(offsets), stop
     position_h, sample_h = draft_layout(drafts)
     position, sample, drafts_d = to_device([position_h, sample_h, drafts], device)
     x_draft = torch.stack(states[1:])[position, sample]
@@ -197,6 +192,26 @@ def _refuse_non_finite(all_finite: bool) -> None:
         raise ValueError(NON_FINITE_OUTPUT)
 
 
+def _plain_round(space: TransitionSpace, x: torch.Tensor, last_state: torch.Tensor, active_h: np.ndarray,
+                 a_progress_h: np.ndarray, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """A round without drafts (adaptive K chose a plain step, or every sample is at its last step): the plain
+    sampler's step, without the draft layout, stacking and index copies of a drafted round. Returns (x, last_state);
+    when every sample is active these are new tensors rather than written in place."""
+    every_sample = active_h.size == x.shape[0]
+    active, a_progress, rows = to_device([active_h, a_progress_h, np.arange(active_h.size)], x.device)
+    space.begin_round(active)
+    current = x if every_sample else x[active]
+    mean_q, std_q = space.verify(current, a_progress, rows)
+    if space.verified_finite is not None:
+        _refuse_non_finite(bool(space.verified_finite))  # the round's one read of the device
+    new_state = mean_q + std_q * step_noise(mean_q, generator)
+    space.commit(rows, torch.zeros_like(rows))
+    if every_sample:
+        return new_state, current
+    x[active], last_state[active] = new_state, current
+    return x, last_state
+
+
 RoundCallback = Callable[[torch.Tensor, torch.Tensor, SamplingStats], None]
 
 
@@ -235,6 +250,15 @@ def run_rounds(
         k_round = policy.next_length(stats) if stats.rounds else 0  # the first round has nothing to draft from
         drafts = np.minimum(total_steps - a_progress_h - 1, k_round)
         stats.draft_lengths.append(k_round)
+        if not drafts.any():
+            x, last_state = _plain_round(space, x, last_state, active_h, a_progress_h, generator)
+            progress[active_h] = a_progress_h + 1
+            stats.record_round(states=active_h.size, rows=active_h.size * space.rows_per_state,
+                               advances=np.ones(active_h.size, dtype=np.int64), proposed=proposed,
+                               accepted=accepted_count, calls=space.verify_calls)
+            if after_round is not None:
+                after_round(x, torch.from_numpy(progress.copy()), stats)
+            continue
         k_min, k_max = int(drafts.min()), int(drafts.max())
         offsets_h, pair_a_h, pair_j_h = verification_layout(drafts)
         # Rows that draft at position j, for the positions some samples do not reach (the others need no selection).
