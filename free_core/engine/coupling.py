@@ -134,8 +134,9 @@ def replacement_kinds(x_draft: torch.Tensor, mean_p: torch.Tensor, std_p: torch.
                       std_q: torch.Tensor) -> torch.Tensor:
     """How each row (dim 0) would be replaced if rejected (REFLECTION, RESIDUAL or FRESH), on the device: a round
     reads these with its decisions, so that its replacements need no further read of the device."""
-    _, _, sp, _, sq, disjoint, _ = _whitening_inputs(x_draft, mean_p, std_p, mean_q, std_q)
-    return _kinds(sp, sq, disjoint)
+    n = x_draft.shape[0]
+    x, mp, sp, mq, sq = (t.reshape(n, -1) for t in (x_draft, mean_p, std_p, mean_q, std_q))
+    return _kinds(sp, sq, _point_masses(x, mp, sp, mq, sq)[0])  # no float64 copies: equal stds are equal in any dtype
 
 
 def _kinds(sp: torch.Tensor, sq: torch.Tensor, disjoint: torch.Tensor) -> torch.Tensor:
@@ -154,14 +155,22 @@ def _whitening_inputs(x_draft, mean_p, std_p, mean_q, std_q):
     and get unit std (`fixed`); `disjoint` rows have a point mass that the other law lacks (TV = 1), or a draft
     that is not a finite point of a finite law (then q is drawn afresh)."""
     n = x_draft.shape[0]
-    x, mp, sp, mq, sq = (t.reshape(n, -1).double() for t in (x_draft, mean_p, std_p, mean_q, std_q))
-    point_p, point_q = sp == 0, sq == 0
-    disjoint = ((point_p != point_q) | (point_p & point_q & (mp != mq)) | ~torch.isfinite(x + mp + sp)).any(dim=1)
-    fixed = point_p & point_q
+    x, mp, sp, mq, sq = (t.reshape(n, -1) for t in (x_draft, mean_p, std_p, mean_q, std_q))
+    disjoint, fixed = _point_masses(x, mp, sp, mq, sq)
+    x, mp, sp, mq, sq = (t.double() for t in (x, mp, sp, mq, sq))
     # Unconditionally (where leaves the other coordinates bit for bit): asking whether any is fixed would read the device.
     sp = torch.where(fixed, torch.ones_like(sp), sp)
     sq = torch.where(fixed, torch.ones_like(sq), sq)
     return x, mp, sp, mq, sq, disjoint, fixed
+
+
+def _point_masses(x, mp, sp, mq, sq) -> tuple[torch.Tensor, torch.Tensor]:
+    """(disjoint rows, fixed coordinates) of flattened (n, d) inputs, in their own dtype: comparisons with zero and
+    between means, and finiteness, are the same before and after the cast to float64."""
+    point_p, point_q = sp == 0, sq == 0
+    finite = torch.isfinite(x) & torch.isfinite(mp) & torch.isfinite(sp)
+    disjoint = ((point_p != point_q) | (point_p & point_q & (mp != mq)) | ~finite).any(dim=1)
+    return disjoint, point_p & point_q
 
 
 def _inverse_temperature(temperature: torch.Tensor | float | None, n: int, device: torch.device) -> torch.Tensor | None:
@@ -209,7 +218,10 @@ def _residual(mp, sp, mq, sq, generator, max_candidates):
     y = torch.empty_like(mq)
     pending_rows = np.arange(mq.shape[0])  # on the host: the next chunk's shape depends on which rows are done
     pending = torch.arange(mq.shape[0], device=mq.device)
-    chunk, used = 32, 0
+    # Most rejected drafts need one or two candidates (TV is not small where a draft is rejected), so a CPU, where
+    # every candidate's d normal numbers cost time, starts with a few; a GPU draws 32 for the price of 4 and starts
+    # there, since each further chunk is a wait for the device. The law is that of the first kept candidate either way.
+    chunk, used = (4 if mq.device.type == "cpu" else 32), 0
     while pending_rows.size:
         if used >= max_candidates:
             raise ResidualSamplingError(
