@@ -266,19 +266,21 @@ def run_rounds(
         active, a_progress, offsets, pair_a, pair_j, *partial_rows = to_device(
             [active_h, a_progress_h, offsets_h, pair_a_h, pair_j_h, *partial_rows_h], device)
         space.begin_round(active)
+        every_sample = active_h.size == n  # then active is 0..n-1: whole tensors instead of index copies
 
         # 1. draft ---------------------------------------------------------------------------------------
-        states = [x[active]]  # states[j]: drafted state s_j of every active sample (rows beyond K_b unused)
+        states = [x if every_sample else x[active]]  # states[j]: drafted state s_j of every active sample (rows beyond K_b unused)
+        before = last_state if every_sample else last_state[active]  # the state before each sample's current one
         draft_means, draft_stds = [], []
         every_row = torch.arange(active_h.size, device=device)
         for j in range(k_max):
             if j < k_min:  # every sample drafts: no row selection, no copies
-                previous = last_state[active] if j == 0 else states[j - 1]
+                previous = before if j == 0 else states[j - 1]
                 mean_p, std_p = space.draft(every_row, a_progress + j, states[j], previous)
                 states.append(mean_p + std_p * step_noise(mean_p, generator))
             else:
                 rows = partial_rows[j - k_min]
-                previous = last_state[active][rows] if j == 0 else states[j - 1][rows]
+                previous = before[rows] if j == 0 else states[j - 1][rows]
                 rows_mean, rows_std = space.draft(rows, a_progress[rows] + j, states[j][rows], previous)
                 next_state, mean_p, std_p = states[j].clone(), torch.zeros_like(states[0]), torch.zeros_like(states[0])
                 next_state[rows] = rows_mean + rows_std * step_noise(rows_mean, generator)
@@ -301,9 +303,11 @@ def run_rounds(
         )
 
         # 4. commit -----------------------------------------------------------------------------------------
-        x[active] = new_state
         progress[active_h] = a_progress_h + stop_h + 1
-        last_state[active] = stacked[every_row, stop]
+        if every_sample:
+            x, last_state = new_state, stacked[every_row, stop]
+        else:
+            x[active], last_state[active] = new_state, stacked[every_row, stop]
         space.commit(offsets, stop)
         stats.record_round(states=pair_a_h.size, rows=pair_a_h.size * space.rows_per_state, advances=stop_h + 1,
                            proposed=proposed, accepted=accepted_count, calls=space.verify_calls)
