@@ -151,8 +151,10 @@ def accept_prefix(
     device = mean_q.device
     position_h, sample_h = draft_layout(drafts)
     position, sample, drafts_d = to_device([position_h, sample_h, drafts], device)
-    x_draft = torch.stack(states[1:])[position, sample]
-    mean_p, std_p = torch.stack(draft_means)[position, sample], torch.stack(draft_stds)[position, sample]
+    if drafts.min() == len(draft_means):  # every sample drafted K_max times: the position-major order is the stacking's
+        x_draft, mean_p, std_p = (torch.stack(rows).flatten(0, 1) for rows in (states[1:], draft_means, draft_stds))
+    else:
+        x_draft, mean_p, std_p = (torch.stack(rows)[position, sample] for rows in (states[1:], draft_means, draft_stds))
     q_rows = offsets[sample] + position
     mean_q_drafts, std_q_drafts = mean_q[q_rows], std_q[q_rows]
     step_index = step_of(sample, position)
