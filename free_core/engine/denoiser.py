@@ -77,12 +77,14 @@ class GuidedDenoiser:
 
     def rows(self, x: torch.Tensor, i: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """States (n, ...) at step indices i (n,) to model rows (n * branches, ...): x, timestep, label."""
+        return (*self.state_rows(x, i), self.label_rows(labels))
+
+    def state_rows(self, x: torch.Tensor, i: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The x and timestep of each model row (`rows` without the labels, which a drafting round reuses)."""
         t = self.diffusion.timestep_for(i)
         if self.branches == 1:
-            return x, t, labels
-        x_rows = torch.stack([x, x], dim=1).flatten(0, 1)
-        t_rows = torch.stack([t, t], dim=1).flatten(0, 1)
-        return x_rows, t_rows, self.label_rows(labels)
+            return x, t
+        return torch.stack([x, x], dim=1).flatten(0, 1), torch.stack([t, t], dim=1).flatten(0, 1)
 
     def label_rows(self, labels: torch.Tensor) -> torch.Tensor:
         """Labels (n,) to the label of each model row (n * branches,): (label, null class) per state with CFG."""

@@ -49,23 +49,29 @@ class DDPMSpace:
         self.active = active
         self.work_output = self.work_history = None  # made by the round's first draft: a plain-step round needs none
 
-    def _work_copies(self) -> None:
-        """The round's drafts overwrite copies (indexing copies) of the active samples' output and history."""
+    def _start_drafting(self) -> None:
+        """The round's drafts overwrite copies (indexing copies) of the active samples' output and history; their
+        labels' model rows and conditioning terms are the same in every drafting pass of the round."""
         self.work_output = self.last_output[self.active]
         self.work_history = self.history[self.active] if self.history is not None else None
+        self.round_labels = self.labels[self.active]
+        self.round_label_rows = self.denoiser.label_rows(self.round_labels)
+        self.round_label_terms = None if self.label_table is None else self.label_table[self.active]  # (A, branches, D)
 
     def draft(self, rows, progress, state, previous):
         denoiser, device = self.denoiser, state.device
         if self.work_output is None:
-            self._work_copies()
+            self._start_drafting()
         every_row = rows.numel() == self.active.numel()  # then rows is 0..A-1: read and write whole tensors
         i = self.step_label(progress).to(device)
-        x_rows, t_rows, y_rows = denoiser.rows(state, i, self.labels[self.active[rows].to(device)])
+        x_rows, t_rows = denoiser.state_rows(state, i)
+        y_rows = self.round_label_rows if every_row else denoiser.label_rows(self.round_labels[rows])
         branches = denoiser.branches
         history = self.work_history if every_row or self.work_history is None else self.work_history[rows]
         conditioning = None
         if self.step_table is not None:  # (rows x branches, D), the order of the model rows
-            conditioning = (self.step_table[i].unsqueeze(1) + self.label_table[self.active[rows]]).flatten(0, 1)
+            label_terms = self.round_label_terms if every_row else self.round_label_terms[rows]
+            conditioning = (self.step_table[i].unsqueeze(1) + label_terms).flatten(0, 1)
         context = DraftContext(
             features=None if history is None else history.flatten(0, 1),
             output=(self.work_output if every_row else self.work_output[rows]).flatten(0, 1),
