@@ -110,10 +110,14 @@ def advance_history(history: torch.Tensor | None, active: torch.Tensor, by_state
         return history
     back = stop[:, None] - (m - 1) + torch.arange(m, device=stop.device)[None]  # (A, m) positions in this round
     from_round = by_state[(offsets[:, None] + back.clamp(min=0)).flatten()].unflatten(0, back.shape)
-    old = history[active]
+    every_sample = active.numel() == history.shape[0]  # then active is 0..n-1: a new history, no index copies
+    old = history if every_sample else history[active]
     from_old = old[torch.arange(active.numel(), device=old.device)[:, None], (m + back).clamp(max=m - 1)]
     keep_round = (back >= 0).reshape(*back.shape, *([1] * (from_round.dim() - 2))).to(from_round.device)
-    history[active] = torch.where(keep_round, from_round, from_old.to(from_round.dtype))
+    advanced = torch.where(keep_round, from_round, from_old.to(from_round.dtype))
+    if every_sample:
+        return advanced
+    history[active] = advanced
     return history
 
 

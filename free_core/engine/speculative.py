@@ -111,12 +111,13 @@ class DDPMSpace:
         a_count = active.numel()
         plain_step = output_by_state.shape[0] == a_count  # one state per sample verified: nothing was drafted
         every_sample = a_count == self.labels.shape[0]  # then active is 0..n-1: whole tensors, no index round trips
-        if every_sample and plain_step:
-            self.last_output = output_by_state  # a fresh tensor each verification; drafts write to their own copies
+        kept = output_by_state if plain_step else output_by_state[chosen_rows]
+        if every_sample:
+            self.last_output = kept  # a fresh tensor each round; drafts write to their own copies
         else:
             if self.last_output is None:
                 self.last_output = output_by_state.new_zeros((self.labels.shape[0], *output_by_state.shape[1:]))
-            self.last_output[active] = output_by_state if plain_step else output_by_state[chosen_rows]
+            self.last_output[active] = kept
         m = self.history_length
         if not m:
             return
