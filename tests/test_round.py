@@ -8,10 +8,12 @@ is handed in every round against the chain the sampler actually moved through.
 """
 
 import numpy as np
+import pytest
 import torch
 
 from free_core.engine.denoiser import GuidedDenoiser
 from free_core.engine.diffusion import GaussianDiffusion
+from free_core.engine.draft_policy import DraftLengthPolicy
 from free_core.engine.rounds import accept_prefix, verification_layout
 from free_core.engine.speculative import sample_speculative
 from toy_models import LinearGaussianDenoiser, PerturbedDrafter
@@ -143,17 +145,41 @@ class RecordingDrafter(PerturbedDrafter):
         return output, features
 
 
-def test_the_drafter_reads_the_verified_chain_and_never_the_state_its_transition_produces():
+class CyclingDraftLength(DraftLengthPolicy):
+    """K from a fixed cycle that includes 0: plain-step rounds between drafted ones, as adaptive K takes them."""
+
+    label = "cycling"
+
+    def __init__(self, cycle: list[int]):
+        self.cycle, self.rounds = cycle, 0
+
+    def next_length(self, stats) -> int:
+        self.rounds += 1
+        return self.cycle[self.rounds % len(self.cycle)]
+
+    @property
+    def longest(self) -> int:
+        return max(self.cycle)
+
+    def limit(self, longest: int) -> None:
+        self.cycle = [min(k, longest) for k in self.cycle]
+
+
+@pytest.mark.parametrize("policy", [lambda: 3, lambda: CyclingDraftLength([0, 3, 0, 0, 2, 1])], ids=["K=3", "K cycles through 0"])
+def test_the_drafter_reads_the_verified_chain_and_never_the_state_its_transition_produces(policy):
     """Per round and sample: the history, previous state and output handed to the first drafting pass are those of
     the states the chain moved through; later passes get the drafted states and features of this round; and no pass
-    is handed the state that its own drafted transition produces."""
+    is handed the state that its own drafted transition produces. With K cycling through 0, plain-step rounds (with
+    every sample active, and with some finished) sit between drafted ones and must keep the same bookkeeping."""
     steps, batch, m = 16, 5, 2
     model = RecordingModel(torch.tensor([0.5, -1.0]), 0.5, null_class=batch)  # labels 0..4 name the samples
     denoiser = GuidedDenoiser(model, GaussianDiffusion.respaced(steps))
     drafter = RecordingDrafter(model, eps_bias=0.3)
     g = torch.Generator().manual_seed(0)
     x_T = torch.randn(batch, 2, 1, 1, generator=g, dtype=torch.float64)
-    sample_speculative(denoiser, drafter, x_T, torch.arange(batch), g, draft_length=3)
+    _, stats = sample_speculative(denoiser, drafter, x_T, torch.arange(batch), g, draft_length=policy())
+    if isinstance(drafter_policy := policy(), CyclingDraftLength):
+        assert 0 in stats.draft_lengths[1:], f"no plain round mid-run with {drafter_policy.cycle}"
 
     # Rounds from the event log: drafting passes, then one verification forward.
     rounds, current = [], []
