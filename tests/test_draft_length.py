@@ -83,3 +83,26 @@ def test_a_cached_curve_never_prices_more_rows_below_fewer(tmp_path, monkeypatch
     assert curve == {2: 0.020, 4: 0.020, 6: 0.030, 8: 0.030}
     stored = json.loads(next(tmp_path.glob("*.json")).read_text())["curve"]
     assert {int(rows): seconds for rows, seconds in stored.items()} == measured
+
+
+def test_a_cached_curve_is_one_sessions_measurement_never_merged_with_other_counts(tmp_path, monkeypatch):
+    """A run's curve is timed in one session: counts that another run (another batch size) timed earlier, maybe on a
+    busy machine, never enter it. Merged, a 4-row forward timed under load made drafting look cheap next to it."""
+    from free_core.engine.cost import disk_cached_curve
+
+    monkeypatch.setenv("FREE_COST_CACHE", str(tmp_path))
+    busy = {2: 0.050, 4: 0.090}  # a batch-1 run measured while something else ran
+    quiet = {4: 0.020, 6: 0.030, 8: 0.040}
+    sessions = []
+
+    def measure_with(times):
+        def measure(counts):
+            sessions.append(counts)
+            return {rows: times[rows] for rows in counts}
+        return measure
+
+    assert disk_cached_curve({"kind": "test"}, measure_with(busy), [2, 4]) == busy
+    assert disk_cached_curve({"kind": "test"}, measure_with(quiet), [4, 6, 8]) == quiet
+    assert sessions == [[2, 4], [4, 6, 8]]  # the second run timed all its counts, the 4 included
+    assert disk_cached_curve({"kind": "test"}, measure_with({}), [4, 6, 8]) == quiet  # and reads them back, untimed
+    assert len(sessions) == 2

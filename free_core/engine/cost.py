@@ -106,28 +106,30 @@ def disk_cached_curve(key: dict, measure: Callable[[list[int]], BatchCostCurve],
     """The cost curve for `key` at `row_counts`, measured once per machine and kept on disk (JSON, exact floats).
 
     The adaptive draft length reads this curve, so the same seed gives the same samples in every process that
-    finds the file: only the first run with a new model, shape or machine measures (with warm-up), and later runs
-    never depend on their own timings. Counts missing from the file are measured and added. `persist=False` keeps
-    the curve in this process only (a key that names an object, not an architecture).
+    finds the file: only the first run with a new model, shape, machine or set of row counts measures (with
+    warm-up), and later runs never depend on their own timings. The counts are part of the key, so a curve is always
+    one measuring session's: counts timed at another time, under another load (another batch size's run), never
+    enter it, where a merged curve would price one batch size by a quiet spell and the next by a busy one.
+    `persist=False` keeps the curve in this process only (a key that names an object, not an architecture).
     """
-    full_key = json.dumps({**key, "timing": TIMING_METHOD}, sort_keys=True, default=str)
+    counts = sorted(set(row_counts))
+    full_key = json.dumps({**key, "counts": counts, "timing": TIMING_METHOD}, sort_keys=True, default=str)
     path = cost_cache_dir() / (hashlib.sha256(full_key.encode()).hexdigest()[:24] + ".json")
-    if full_key in _measured or not persist:
-        curve = _measured.get(full_key, {})
-    else:
+    curve = _measured.get(full_key)
+    if curve is None and persist:
         try:
             stored = json.loads(path.read_text())
-            curve = {int(rows): float(seconds) for rows, seconds in stored["curve"].items()} if stored["key"] == full_key else {}
+            if stored["key"] == full_key:
+                curve = {int(rows): float(seconds) for rows, seconds in stored["curve"].items()}
         except (OSError, ValueError, KeyError):
-            curve = {}
-    missing = sorted(set(row_counts) - set(curve))
-    if missing:
-        curve = {**curve, **measure(missing)}
-    if missing and persist:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(f".{os.getpid()}.partial")
-        partial.write_text(json.dumps({"key": full_key, "curve": {str(r): curve[r] for r in sorted(curve)}}, indent=1))
-        partial.replace(path)
+            pass
+    if curve is None or set(curve) != set(counts):
+        curve = measure(counts)
+        if persist:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            partial = path.with_suffix(f".{os.getpid()}.partial")
+            partial.write_text(json.dumps({"key": full_key, "curve": {str(r): curve[r] for r in sorted(curve)}}, indent=1))
+            partial.replace(path)
     _measured[full_key] = curve
     smooth = nondecreasing(curve)
     return {rows: smooth[rows] for rows in row_counts}
