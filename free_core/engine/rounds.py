@@ -250,6 +250,14 @@ def run_rounds(
         def temperature_of(step_label: torch.Tensor) -> torch.Tensor:
             return space.temperature(step_label, relax_strength)
 
+    def end_round(active_h: np.ndarray, advances: np.ndarray, states: int) -> None:
+        """Progress, statistics and the callback after a round that verified `states` states."""
+        progress[active_h] += advances
+        stats.record_round(states=states, rows=states * space.rows_per_state, advances=advances, proposed=proposed,
+                           accepted=accepted_count, calls=space.verify_calls)
+        if after_round is not None:
+            after_round(x, torch.from_numpy(progress.copy()), stats)
+
     while (progress < total_steps).any():
         active_h = np.flatnonzero(progress < total_steps)
         a_progress_h = progress[active_h]
@@ -258,12 +266,7 @@ def run_rounds(
         stats.draft_lengths.append(k_round)
         if not drafts.any():
             x, last_state = _plain_round(space, x, last_state, active_h, a_progress_h, generator)
-            progress[active_h] = a_progress_h + 1
-            stats.record_round(states=active_h.size, rows=active_h.size * space.rows_per_state,
-                               advances=np.ones(active_h.size, dtype=np.int64), proposed=proposed,
-                               accepted=accepted_count, calls=space.verify_calls)
-            if after_round is not None:
-                after_round(x, torch.from_numpy(progress.copy()), stats)
+            end_round(active_h, np.ones(active_h.size, dtype=np.int64), states=active_h.size)
             continue
         k_min, k_max = int(drafts.min()), int(drafts.max())
         offsets_h, pair_a_h, pair_j_h = verification_layout(drafts)
@@ -309,14 +312,10 @@ def run_rounds(
         )
 
         # 4. commit -----------------------------------------------------------------------------------------
-        progress[active_h] = a_progress_h + stop_h + 1
         if every_sample:
             x, last_state = new_state, stacked[every_row, stop]
         else:
             x[active], last_state[active] = new_state, stacked[every_row, stop]
         space.commit(offsets, stop)
-        stats.record_round(states=pair_a_h.size, rows=pair_a_h.size * space.rows_per_state, advances=stop_h + 1,
-                           proposed=proposed, accepted=accepted_count, calls=space.verify_calls)
-        if after_round is not None:
-            after_round(x, torch.from_numpy(progress.copy()), stats)
+        end_round(active_h, stop_h + 1, states=pair_a_h.size)
     return x
