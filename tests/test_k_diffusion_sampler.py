@@ -107,19 +107,26 @@ def test_inpainting_mask_is_refused_with_a_clear_message():
         sample_free_euler_ancestral(MixtureDenoiser(2), x, sigmas, extra_args={"seed": 0, "denoise_mask": torch.ones_like(x)})
 
 
-def test_adaptive_draft_length_drafts_when_acceptance_is_high():
+def test_adaptive_draft_length_drafts_when_acceptance_is_high(monkeypatch):
     """The policy sees each round's acceptance and a measured cost curve of the black-box model, so it drafts."""
+    import types
+
+    from free_core.engine import cost
     from free_core.engine.draft_policy import AdaptiveDraftLength
 
-    import time
-
+    # The cost measurement reads a clock that only the model's calls move (5 ms a call whatever its rows, as a big
+    # model's does on a GPU), so the curve it measures is the same on a loaded machine as on a quiet one.
+    clock = [0.0]
+    monkeypatch.setattr(cost, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
     toy = MixtureDenoiser(2, components=1)
 
-    def model(x, sigma, **extra_args):  # a call costs 5 ms whatever its rows, as a big model's does on a GPU
-        time.sleep(0.005)
+    def model(x, sigma, **extra_args):
+        clock[0] += 0.005
         return toy(x, sigma, **extra_args)
 
-    _, stats = _run(sample_free_euler_ancestral, model, 2, seed=0, n=16, draft_length=AdaptiveDraftLength(max_length=6))
+    policy = AdaptiveDraftLength(max_length=6)
+    _, stats = _run(sample_free_euler_ancestral, model, 2, seed=0, n=16, draft_length=policy)
+    assert policy.cost_curve and all(seconds == pytest.approx(0.005) for seconds in policy.cost_curve.values())
     assert stats.acceptance_rate > 0.8
     assert max(stats.draft_lengths) > 0 and stats.rounds < 20
     assert stats.states_per_round and sum(stats.states_per_round) == stats.dit_states
