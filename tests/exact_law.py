@@ -17,8 +17,13 @@ def accept_every_draft(monkeypatch) -> None:
     """Negative control: the speculative round accepts every draft (no coupling), which is not the plain law."""
     import free_core.engine.rounds as rounds
 
-    monkeypatch.setattr(rounds, "coupling_decisions",
-                        lambda x_draft, *args, **kwargs: torch.ones(x_draft.shape[0], dtype=torch.bool, device=x_draft.device))
+    decide = rounds.decide_drafts
+
+    def accept_all(*args, **kwargs):
+        accepted, kinds = decide(*args, **kwargs)
+        return torch.ones_like(accepted), kinds
+
+    monkeypatch.setattr(rounds, "decide_drafts", accept_all)
 
 
 # One transition as a function of the state: (mean, std) for states x (n, ...).

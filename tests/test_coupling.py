@@ -127,6 +127,22 @@ def test_point_masses_couple_exactly():
     assert y[2, 0] == 1.0 and y[2, 1] != 2.0  # TV = 1: a fresh draw from q
 
 
+@pytest.mark.parametrize("std_q_random", [1.0, 2.0], ids=["reflection", "residual"])
+def test_a_coordinate_that_is_the_same_point_mass_under_both_laws_stays_there(std_q_random):
+    """Rows mixing a shared point mass (std 0, equal means) with random coordinates: a rejected draft's replacement
+    keeps the point mass, and its random coordinate has the residual's law (here: q's law over all rows)."""
+    n, g = 20_000, torch.Generator().manual_seed(3)
+    mean_p = torch.tensor([5.0, 0.0]).repeat(n, 1)
+    std_p = torch.tensor([0.0, 1.0]).repeat(n, 1)
+    mean_q, std_q = torch.tensor([5.0, 0.5]).repeat(n, 1), torch.tensor([0.0, std_q_random]).repeat(n, 1)
+    x = mean_p + std_p * torch.randn(n, 2, generator=g)
+    y, accepted = maximal_coupling(x, mean_p, std_p, mean_q, std_q, generator=g)
+    assert 0.05 < accepted.double().mean() < 0.95
+    assert (y[:, 0] == 5.0).all(), "the shared point mass must be kept by accepted and replaced rows alike"
+    _, p_value = scipy_stats.kstest(((y[:, 1] - 0.5) / std_q_random).numpy(), "norm")
+    assert p_value > KS_ALPHA
+
+
 def test_coupling_is_deterministic_given_the_generator():
     x, mean_p, std, mean_q, _, _ = _equal_std_case(1.0, 16, 500, seed=1)
     first = maximal_coupling(x, mean_p, std, mean_q, std * 1.1, generator=torch.Generator(TEST_DEVICE).manual_seed(5))

@@ -77,26 +77,45 @@ def maximal_coupling(
     if max_residual_candidates < 1:
         raise ValueError(f"max_residual_candidates must be >= 1, got {max_residual_candidates}")
     inverse_temperature = _inverse_temperature(temperature, shape[0], x_draft.device)
-    accepted = coupling_decisions(x_draft, *laws, generator, inverse_temperature)
+    accepted, kinds = decide_drafts(x_draft, *laws, generator, inverse_temperature)
     y = x_draft.clone()
-    rejected = (~accepted).nonzero().flatten()
-    if rejected.numel():
+    (rejected_h, kinds_h) = to_host([~accepted, kinds])
+    rejected_h = np.flatnonzero(rejected_h)
+    if rejected_h.size:
+        (rejected,) = to_device([rejected_h], x_draft.device)
         y[rejected] = coupling_replacements(x_draft[rejected], *(law[rejected] for law in laws), generator,
-                                            max_residual_candidates)
+                                            max_residual_candidates, kinds=kinds_h[rejected_h])
     return y, accepted
+
+
+# How `coupling_replacements` draws a rejected row: the reflection (equal stds), the residual's rejection sampler
+# (unequal stds), or afresh from q (a point mass one law lacks, or a draft that is not finite).
+REFLECTION, RESIDUAL, FRESH = 0, 1, 2
+
+
+def decide_drafts(x_draft: torch.Tensor, mean_p: torch.Tensor, std_p: torch.Tensor, mean_q: torch.Tensor,
+                  std_q: torch.Tensor, generator: torch.Generator | None,
+                  inverse_temperature: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(accepted, kinds) for each draft (dim 0): accepted with probability min(1, (q(x)/p(x))^inverse_temperature),
+    one uniform per draft; kinds says how it would be replaced if rejected (REFLECTION, RESIDUAL or FRESH), so
+    that a round reads both with its one read of the device."""
+    n = x_draft.shape[0]
+    x, mp, sp, mq, sq = _flat(x_draft, mean_p, std_p, mean_q, std_q)
+    log_ratio = _log_density_ratio(x, mp, sp, mq, sq)
+    regular = torch.isfinite(log_ratio)  # False exactly where one law has a point mass the other lacks, or x is no finite point of p
+    if inverse_temperature is not None:
+        log_ratio = log_ratio * inverse_temperature
+    log_u = torch.log(torch.rand(n, dtype=torch.float64, device=x.device, generator=generator))
+    accepted = (log_u < log_ratio) & regular
+    kinds = torch.where(regular, torch.where((sp == sq).all(dim=1), REFLECTION, RESIDUAL), FRESH)
+    return accepted, kinds
 
 
 def coupling_decisions(x_draft: torch.Tensor, mean_p: torch.Tensor, std_p: torch.Tensor, mean_q: torch.Tensor,
                        std_q: torch.Tensor, generator: torch.Generator | None,
                        inverse_temperature: torch.Tensor | None = None) -> torch.Tensor:
     """Accept each draft (dim 0) with probability min(1, (q(x)/p(x))^inverse_temperature): one uniform per draft."""
-    n = x_draft.shape[0]
-    x, mp, sp, mq, sq, disjoint, _ = _whitening_inputs(x_draft, mean_p, std_p, mean_q, std_q)
-    log_ratio = _log_density_ratio(x, mq, sq, mp, sp)  # log q(x) - log p(x)
-    if inverse_temperature is not None:
-        log_ratio = log_ratio * inverse_temperature
-    log_u = torch.log(torch.rand(n, dtype=torch.float64, device=x.device, generator=generator))
-    return (log_u < log_ratio) & ~disjoint & torch.isfinite(log_ratio)
+    return decide_drafts(x_draft, mean_p, std_p, mean_q, std_q, generator, inverse_temperature)[0]
 
 
 def coupling_replacements(x_draft: torch.Tensor, mean_p: torch.Tensor, std_p: torch.Tensor, mean_q: torch.Tensor,
@@ -105,43 +124,28 @@ def coupling_replacements(x_draft: torch.Tensor, mean_p: torch.Tensor, std_p: to
                           kinds: np.ndarray | None = None) -> torch.Tensor:
     """Draws from the residual (q - p)+ / TV for drafts (dim 0) that `coupling_decisions` rejected, in x_draft's dtype.
 
-    `kinds` (host, one per row: `replacement_kinds` of these rows) saves the host the one read of the device that
-    sorting the rows into reflection, residual and fresh draws takes otherwise.
+    `kinds` (host, one per row: the kinds `decide_drafts` gave these rows) saves the host the one read of the
+    device that sorting the rows into reflection, residual and fresh draws takes otherwise.
     """
-    shape = x_draft.shape
-    x, mp, sp, mq, sq, disjoint, fixed = _whitening_inputs(x_draft, mean_p, std_p, mean_q, std_q)
+    shape, n = x_draft.shape, x_draft.shape[0]
+    x, mp, sp, mq, sq = _flat(x_draft, mean_p, std_p, mean_q, std_q)
     if kinds is None:
-        (kinds,) = to_host([_kinds(sp, sq, disjoint)])
-    reflected, residual, fresh = to_device([np.flatnonzero(kinds == kind) for kind in (REFLECTION, RESIDUAL, FRESH)],
-                                           x.device)
-    y = torch.empty_like(x)
-    if reflected.numel():
-        y[reflected] = _reflection(x[reflected], mp[reflected], mq[reflected], sp[reflected])
-    if residual.numel():
-        y[residual] = _residual(mp[residual], sp[residual], mq[residual], sq[residual], generator, max_residual_candidates)
-    if fresh.numel():
-        noise = torch.randn(fresh.numel(), x.shape[1], dtype=torch.float64, device=x.device, generator=generator)
-        y[fresh] = mq[fresh] + sq[fresh] * torch.where(fixed[fresh], torch.zeros_like(noise), noise)
+        regular = torch.isfinite(_log_density_ratio(x, mp, sp, mq, sq))
+        (kinds,) = to_host([torch.where(regular, torch.where((sp == sq).all(dim=1), REFLECTION, RESIDUAL), FRESH)])
+    # Coordinates that are the same point mass under p and q carry no randomness: whitened with unit std, and y = mean_q.
+    fixed = (sp + sq == 0) & (mp == mq)
+    draws = {REFLECTION: lambda *rows: _reflection(*rows), FRESH: lambda *rows: _fresh(*rows, generator),
+             RESIDUAL: lambda *rows: _residual(*rows, generator, max_residual_candidates)}
+    y = None
+    for kind, draw in draws.items():
+        rows_h = np.flatnonzero(kinds == kind)
+        if rows_h.size == n:  # one kind for every row (the usual case): whole tensors, no index copies
+            y = draw(x, mp, sp, mq, sq, fixed)
+        elif rows_h.size:
+            y = torch.empty(x.shape, dtype=torch.float64, device=x.device) if y is None else y
+            (rows,) = to_device([rows_h], x.device)
+            y[rows] = draw(x[rows], mp[rows], sp[rows], mq[rows], sq[rows], fixed[rows])
     return y.reshape(shape).to(x_draft.dtype)
-
-
-# How `coupling_replacements` draws a rejected row: the reflection (equal stds), the residual's rejection sampler
-# (unequal stds), or afresh from q (a point mass one law lacks, or a draft that is not finite).
-REFLECTION, RESIDUAL, FRESH = 0, 1, 2
-
-
-def replacement_kinds(x_draft: torch.Tensor, mean_p: torch.Tensor, std_p: torch.Tensor, mean_q: torch.Tensor,
-                      std_q: torch.Tensor) -> torch.Tensor:
-    """How each row (dim 0) would be replaced if rejected (REFLECTION, RESIDUAL or FRESH), on the device: a round
-    reads these with its decisions, so that its replacements need no further read of the device."""
-    n = x_draft.shape[0]
-    x, mp, sp, mq, sq = (t.reshape(n, -1) for t in (x_draft, mean_p, std_p, mean_q, std_q))
-    return _kinds(sp, sq, _point_masses(x, mp, sp, mq, sq)[0])  # no float64 copies: equal stds are equal in any dtype
-
-
-def _kinds(sp: torch.Tensor, sq: torch.Tensor, disjoint: torch.Tensor) -> torch.Tensor:
-    same_std = (sp == sq).all(dim=1)
-    return torch.where(disjoint, FRESH, torch.where(same_std, REFLECTION, RESIDUAL))
 
 
 def acceptance_probability_equal_std(delta: torch.Tensor | float) -> torch.Tensor:
@@ -150,27 +154,25 @@ def acceptance_probability_equal_std(delta: torch.Tensor | float) -> torch.Tenso
     return torch.erfc(delta.abs() / (2 * 2**0.5))
 
 
-def _whitening_inputs(x_draft, mean_p, std_p, mean_q, std_q):
-    """Flattened float64 (n, d) inputs; coordinates that are the same point mass under p and q carry no randomness
-    and get unit std (`fixed`); `disjoint` rows have a point mass that the other law lacks (TV = 1), or a draft
-    that is not a finite point of a finite law (then q is drawn afresh)."""
-    n = x_draft.shape[0]
-    x, mp, sp, mq, sq = (t.reshape(n, -1) for t in (x_draft, mean_p, std_p, mean_q, std_q))
-    disjoint, fixed = _point_masses(x, mp, sp, mq, sq)
+def _flat(*tensors: torch.Tensor) -> list[torch.Tensor]:
+    n = tensors[0].shape[0]
+    return [t.reshape(n, -1) for t in tensors]
+
+
+def _log_density_ratio(x, mp, sp, mq, sq) -> torch.Tensor:
+    """log q(x) - log p(x) per row of flattened (n, d) diagonal Gaussians, summed in float64.
+
+    It is not finite exactly where the coupling must draw afresh from q, with no test of its own (IEEE arithmetic
+    does it): a point mass of one law that the other lacks makes a coordinate's z = 0/0 or its log-std ratio
+    infinite against an infinite square, and a non-finite x, mean_p or std_p makes a NaN or an infinite term.
+    Coordinates that are the same point mass under both laws (std 0 and equal means: a final deterministic step)
+    contribute 0.
+    """
+    fixed = (sp + sq == 0) & (mp == mq)
     x, mp, sp, mq, sq = (t.double() for t in (x, mp, sp, mq, sq))
-    # Unconditionally (where leaves the other coordinates bit for bit): asking whether any is fixed would read the device.
-    sp = torch.where(fixed, torch.ones_like(sp), sp)
-    sq = torch.where(fixed, torch.ones_like(sq), sq)
-    return x, mp, sp, mq, sq, disjoint, fixed
-
-
-def _point_masses(x, mp, sp, mq, sq) -> tuple[torch.Tensor, torch.Tensor]:
-    """(disjoint rows, fixed coordinates) of flattened (n, d) inputs, in their own dtype: comparisons with zero and
-    between means, and finiteness, are the same before and after the cast to float64."""
-    point_p, point_q = sp == 0, sq == 0
-    finite = torch.isfinite(x) & torch.isfinite(mp) & torch.isfinite(sp)
-    disjoint = ((point_p != point_q) | (point_p & point_q & (mp != mq)) | ~finite).any(dim=1)
-    return disjoint, point_p & point_q
+    z_p, z_q = (x - mp) / sp, (x - mq) / sq
+    terms = z_p.square() - z_q.square() + 2 * torch.log(sp / sq)
+    return 0.5 * torch.where(fixed, 0.0, terms).sum(dim=1)
 
 
 def _inverse_temperature(temperature: torch.Tensor | float | None, n: int, device: torch.device) -> torch.Tensor | None:
@@ -186,8 +188,14 @@ def _inverse_temperature(temperature: torch.Tensor | float | None, n: int, devic
     return 1.0 / temperature
 
 
-def _reflection(x, mp, mq, std):
+def _whitened(std: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
+    return torch.where(fixed, 1.0, std.double())
+
+
+def _reflection(x, mp, sp, mq, sq, fixed):
     """x reflected through the hyperplane bisecting mp and mq, in coordinates whitened by the common std."""
+    std = _whitened(sp, fixed)
+    x, mp, mq = x.double(), mp.double(), mq.double()
     z = (x - mp) / std
     delta = (mq - mp) / std
     delta_norm = delta.norm(dim=1)
@@ -196,28 +204,29 @@ def _reflection(x, mp, mq, std):
     return mq + std * (z - 2 * e * w[:, None])
 
 
-def _log_density_ratio(v, m_num, s_num, m_den, s_den):
-    """log N(v; m_num, s_num) - log N(v; m_den, s_den), summed over coordinates."""
-    num = -0.5 * ((v - m_num) / s_num) ** 2 - torch.log(s_num)
-    den = -0.5 * ((v - m_den) / s_den) ** 2 - torch.log(s_den)
-    return (num - den).sum(dim=-1)
+def _fresh(x, mp, sp, mq, sq, fixed, generator):
+    """A draw from q alone (TV = 1); q's point-mass coordinates are its mean."""
+    noise = torch.randn(mq.shape, dtype=torch.float64, device=mq.device, generator=generator)
+    return mq.double() + sq.double() * noise
 
 
-def _residual(mp, sp, mq, sq, generator, max_candidates):
+def _residual(x, mp, sp, mq, sq, fixed, generator, max_candidates):
     """Draws from (q - p)+ / TV by rejection from q: a candidate is kept with probability 1 - min(1, p/q).
 
     A candidate is y = mq + sq * eps with eps ~ N(0, I), so log p(y) - log q(y) is a quadratic in eps with
     per-row coefficients computed once: sum(A eps^2 + B eps) + C, A = (1 - r^2) / 2, B = -r delta, C = sum(log r
-    - delta^2 / 2), where r = sq / sp and delta = (mq - mp) / sp. Only the kept candidate is formed. eps is drawn
-    in float32 (the precision of the plain sampler's own noise; several times faster to draw on a CPU) and the
-    quadratic is summed in float64.
+    - delta^2 / 2), where r = sq / sp and delta = (mq - mp) / sp (whitened: a coordinate that is the same point
+    mass under both laws has r = 1 and delta = 0, and y = mq there). Only the kept candidate is formed. eps is
+    drawn in float32 (the precision of the plain sampler's own noise; several times faster to draw on a CPU) and
+    the quadratic is summed in float64.
     """
-    ratio, delta = sq / sp, (mq - mp) / sp
+    white_p = _whitened(sp, fixed)
+    mp, mq, sq = mp.double(), mq.double(), sq.double()
+    ratio, delta = _whitened(sq, fixed) / white_p, (mq - mp) / white_p
     quadratic, linear = 0.5 * (1 - ratio**2), -ratio * delta
     constant = (torch.log(ratio) - 0.5 * delta**2).sum(dim=1)
     y = torch.empty_like(mq)
     pending_rows = np.arange(mq.shape[0])  # on the host: the next chunk's shape depends on which rows are done
-    pending = torch.arange(mq.shape[0], device=mq.device)
     # Most rejected drafts need one or two candidates (TV is not small where a draft is rejected), so a CPU, where
     # every candidate's d normal numbers cost time, starts with a few; a GPU draws 32 for the price of 4 and starts
     # there, since each further chunk is a wait for the device. The law is that of the first kept candidate either way.
@@ -230,15 +239,23 @@ def _residual(mp, sp, mq, sq, generator, max_candidates):
             )
         chunk = min(chunk, max_candidates - used)
         eps = torch.randn(pending_rows.size, chunk, mq.shape[1], device=mq.device, generator=generator).double()  # (P, C, d)
-        log_p_over_q = (eps * (quadratic[pending, None] * eps + linear[pending, None])).sum(-1) + constant[pending, None]
+        log_p_over_q = (eps * (quadratic[:, None] * eps + linear[:, None])).sum(-1) + constant[:, None]
         log_v = torch.log(torch.rand(pending_rows.size, chunk, dtype=mq.dtype, device=mq.device, generator=generator))
-        keep = log_v >= torch.clamp(log_p_over_q, max=0.0)  # probability 1 - min(1, p/q)
-        first = keep.float().argmax(dim=1)
+        keep = log_v >= log_p_over_q  # probability 1 - min(1, p/q) (log_v < 0 <= a positive log_p_over_q never keeps)
         (found,) = to_host([keep.any(dim=1)])  # the chunk's one read of the device
         found = found.astype(bool)
-        rows, kept, pending = to_device([np.flatnonzero(found), pending_rows[found], pending_rows[~found]], mq.device)
-        y[kept] = mq[kept] + sq[kept] * eps[rows, first[rows]]
-        pending_rows = pending_rows[~found]
+        if found.all():  # every pending row found its candidate: no index copies
+            kept_eps = eps[torch.arange(found.size, device=mq.device), keep.float().argmax(dim=1)]
+            if pending_rows.size == y.shape[0]:
+                return mq + sq * kept_eps
+            (kept,) = to_device([pending_rows], mq.device)
+            y[kept] = mq + sq * kept_eps
+            return y
+        if found.any():
+            rows, kept, still = to_device([np.flatnonzero(found), pending_rows[found], np.flatnonzero(~found)], mq.device)
+            y[kept] = mq[rows] + sq[rows] * eps[rows, keep[rows].float().argmax(dim=1)]
+            mq, sq, quadratic, linear, constant = (t[still] for t in (mq, sq, quadratic, linear, constant))
+            pending_rows = pending_rows[~found]
         used += chunk
         chunk = min(chunk * 2, max(32, (1 << 22) // max(1, mq.shape[1])))
     return y

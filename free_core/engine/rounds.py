@@ -22,7 +22,7 @@ from typing import Callable, Protocol
 import numpy as np
 import torch
 
-from .coupling import coupling_decisions, coupling_replacements, replacement_kinds
+from .coupling import coupling_replacements, decide_drafts
 from .diffusion import NON_FINITE_OUTPUT
 from .draft_policy import DraftLengthPolicy, FixedDraftLength
 from .host_transfer import to_device, to_host
@@ -163,8 +163,7 @@ def accept_prefix(
     mean_q_drafts, std_q_drafts = mean_q[q_rows], std_q[q_rows]
     step_index = step_of(sample, position)
     inverse_temperature = None if temperature_of is None else 1.0 / temperature_of(step_index)
-    accepted = coupling_decisions(x_draft, mean_p, std_p, mean_q_drafts, std_q_drafts, generator, inverse_temperature)
-    kinds = replacement_kinds(x_draft, mean_p, std_p, mean_q_drafts, std_q_drafts)
+    accepted, kinds = decide_drafts(x_draft, mean_p, std_p, mean_q_drafts, std_q_drafts, generator, inverse_temperature)
     # First rejection per sample (K_max where all pass): the minimum position over rejected drafts.
     rejected_at = torch.where(accepted, len(draft_means), position)
     first_rejection = torch.full_like(drafts_d, len(draft_means)).scatter_reduce(0, sample, rejected_at, reduce="amin")

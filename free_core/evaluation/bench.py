@@ -223,8 +223,9 @@ def run_round_costs(model, drafter, config: BenchConfig, coupled_drafts: int = 4
     seconds), and one coupling call averaged over `coupled_drafts` fresh drafts (the
     accept decision, plus the residual draw when it rejects, as often as it rejects there)."""
     from ..engine.compiled_drafting import CompiledDrafter
-    from ..engine.coupling import coupling_decisions, coupling_replacements
+    from ..engine.coupling import coupling_replacements, decide_drafts
     from ..engine.cost import time_calls
+    from ..engine.host_transfer import to_host
     from ..engine.speculative import DDPMSpace
 
     steps = max(config.steps)
@@ -245,8 +246,9 @@ def run_round_costs(model, drafter, config: BenchConfig, coupled_drafts: int = 4
 
     def couple(draft: torch.Tensor) -> None:
         nonlocal rejected
-        if not bool(coupling_decisions(draft, mean_p, std_p, mean_q, std_q, g)):
-            coupling_replacements(draft, mean_p, std_p, mean_q, std_q, g)
+        accepted, kinds = to_host(decide_drafts(draft, mean_p, std_p, mean_q, std_q, g))  # as a round reads them
+        if not accepted.all():
+            coupling_replacements(draft, mean_p, std_p, mean_q, std_q, g, kinds=kinds)
             rejected += 1
 
     for draft in drafts[:20]:  # warm-up

@@ -199,11 +199,12 @@ def _law(runner, drafter, patcher, positive, negative, latent) -> dict:
     sampler, channel = sampling.FREESampler().get_sampler("strict", 4, "fixed", 0.0, drafter=drafter)
     strict = _sample(patcher, sampler, positive, negative, big, 2, sigmas)
     stats = channel.latest
-    original = rounds.coupling_decisions
-    rounds.coupling_decisions = lambda x_draft, *args, **kwargs: torch.ones(x_draft.shape[0], dtype=torch.bool)
+    original = rounds.decide_drafts
+    rounds.decide_drafts = lambda *args, **kwargs: (lambda accepted, kinds: (torch.ones_like(accepted), kinds))(
+        *original(*args, **kwargs))
     try:
         wrong = _sample(patcher, sampler, positive, negative, big, 2, sigmas)
     finally:
-        rounds.coupling_decisions = original
+        rounds.decide_drafts = original
     return {"strict_p": two_sample.energy_test(core, strict)[1], "always_accept_p": two_sample.energy_test(core, wrong)[1],
             "acceptance": stats.acceptance_rate, "calls": stats.sequential_dit_calls, "steps": 8, "samples": n}
