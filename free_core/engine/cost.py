@@ -92,12 +92,17 @@ def cost_cache_dir() -> Path:
 
 
 def machine_key(device: torch.device | str) -> dict:
-    """What a forward's cost depends on besides the model: the device (and on a CPU its threads) and torch."""
+    """What a forward's cost depends on besides the model: the device (and on a CPU its threads and whether the
+    process keeps freed memory: see cpu_allocator.py) and torch."""
+    from .cpu_allocator import keeps_freed_memory
+
     device = torch.device(device)
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
     else:
         name = f"{platform.machine()} {platform.processor()} {os.cpu_count()} cores {torch.get_num_threads()} threads"
+        if keeps_freed_memory():
+            name += " kept memory"
     return {"device": name, "torch": torch.__version__}
 
 

@@ -276,8 +276,11 @@ def run_round_costs(model, drafter, config: BenchConfig, coupled_drafts: int = 4
 
 
 def machine_description() -> str:
+    from ..engine.cpu_allocator import keeps_freed_memory
+
     return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-            f"{torch.get_num_threads()} threads, Python {platform.python_version()}")
+            f"{torch.get_num_threads()} threads, Python {platform.python_version()}"
+            + (", malloc keeps freed memory" if keeps_freed_memory() else ""))
 
 
 def run_bench(config: BenchConfig, json_path: str | None = None, log=print) -> dict:
