@@ -70,7 +70,7 @@ def nondecreasing(curve: BatchCostCurve) -> BatchCostCurve:
     return result
 
 
-@torch.no_grad()
+@torch.inference_mode()  # as the samplers run their forwards: cheaper per op than no_grad
 def measure_batch_cost(denoiser: GuidedDenoiser, x: torch.Tensor, labels: torch.Tensor, row_counts: list[int],
                        repeats: int = 5) -> dict[int, float]:
     """Median seconds of one DiT forward (features + head) for each row count (rows = states x CFG branches)."""
@@ -173,7 +173,7 @@ def cached_black_box_cost(key: object, call: Callable[[int], object], row_counts
     return disk_cached_curve(key, measure, sorted(set(row_counts)), persist)
 
 
-@torch.no_grad()
+@torch.inference_mode()  # as the round runs its drafting passes
 def cached_draft_cost(denoiser: GuidedDenoiser, drafter, x: torch.Tensor, labels: torch.Tensor) -> float:
     """Seconds of one drafting pass over the batch `x` (the drafter's proposal on every CFG row, the guided output and
     the transition), measured once per machine, DiT architecture, drafter and shape and kept on disk, like the curve."""
