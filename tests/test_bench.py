@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from free_core.evaluation.bench import merge_results
-from free_core.evaluation.bench_report import _target_line, target_rows
+from free_core.evaluation.bench_report import _target_line, speedups_by_repeat, target_rows
 from free_core.frontdoor.cli import main
 
 SPEED_FIELDS = {"steps", "batch", "sampler", "drafter", "draft_length", "relax_strength", "sequential_dit_calls",
@@ -118,6 +118,7 @@ def test_quick_bench_writes_json_with_every_field(tmp_path):
     assert all(p["projected_speedup"] > 0 for p in results["gpu_projection"]["rows"])
     report = (tmp_path / "docs" / "benchmarks.md").read_text()
     assert "wall-clock speedup" in report and "GPU projection" in report and "## Targets" in report
+    assert "| speedup by repeat |" in report
     costs = results["round_costs"]
     assert all(costs[name] > 0 for name in ("forward_2_rows_s", "drafting_pass_s", "compiled_drafting_pass_s",
                                             "coupling_call_s", "drafter_compile_time"))
@@ -173,3 +174,14 @@ def test_quality_section_refuses_unknown_samplers():
 
     with pytest.raises(ValueError, match="quality_samplers"):
         run_quality(BenchConfig(quality_samplers=("baseline", "ddim")), model=None, drafters={}, log=print)
+
+
+def test_speedup_by_repeat_pairs_each_repeat_with_the_same_repeats_baseline():
+    """A slow spell in one repeat lands on the baseline and the variant of that repeat alike: the spread shows it."""
+    speed = [
+        {"steps": 250, "batch": 1, "sampler": "baseline", "wall_times_s": [2.0, 3.0, 2.5]},
+        {"steps": 250, "batch": 1, "sampler": "strict", "wall_times_s": [4.0, 3.0, 2.0]},
+        {"steps": 50, "batch": 1, "sampler": "strict", "wall_times_s": [1.0]},  # no baseline of its shape
+        {"steps": 250, "batch": 1, "sampler": "relax", "wall_times_s": [1.0, 1.0]},  # does not pair
+    ]
+    assert speedups_by_repeat(speed) == [(1.0, 1.0), (0.5, 1.25), None, None]

@@ -81,6 +81,21 @@ def _target_line(row: dict) -> str:
     return f"| {row['target']} | {row['measured']:.2f}x | {fd_text} | {verdict} |"
 
 
+def speedups_by_repeat(speed: list[dict]) -> list[tuple[float, float] | None]:
+    """Per speed row, (lowest, highest) over the repeats of its (steps, batch) baseline's wall time over its own in
+    the same repeat; None where the row has no per-repeat times that pair with the baseline's."""
+    baselines = {(r["steps"], r["batch"]): r.get("wall_times_s") for r in speed if r["sampler"] == "baseline"}
+    spreads = []
+    for row in speed:
+        base, times = baselines.get((row["steps"], row["batch"])), row.get("wall_times_s")
+        if not base or not times or len(base) != len(times):
+            spreads.append(None)
+            continue
+        ratios = [b / t for b, t in zip(base, times)]
+        spreads.append((min(ratios), max(ratios)))
+    return spreads
+
+
 def write_report(results: dict, out_dir: str | Path) -> Path:
     out_dir = Path(out_dir)
     images = out_dir / "images"
@@ -115,15 +130,19 @@ def write_report(results: dict, out_dir: str | Path) -> Path:
         lines.append("")
     if speed:
         lines += [f"## Speed (embedded DiT, CFG {results['config']['cfg_scale']:g}, learned variance)", "",
-                  "| steps | batch | sampler | drafter | K | relax | sequential DiT calls | fewer calls | DiT states | acceptance | mean steps/round | wall s | wall-clock speedup | peak RSS MB |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-        for r in speed:
+                  "| steps | batch | sampler | drafter | K | relax | sequential DiT calls | fewer calls | DiT states | acceptance | mean steps/round | wall s | wall-clock speedup | speedup by repeat | peak RSS MB |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r, spread in zip(speed, speedups_by_repeat(speed)):
+            by_repeat = "-" if spread is None else f"{spread[0]:.2f}-{spread[1]:.2f}x"
             lines.append(
                 f"| {r['steps']} | {r['batch']} | {r['sampler']} | {r['drafter']} | {r['draft_length']} | {r['relax_strength']:g} | "
                 f"{r['sequential_dit_calls']} | {r['call_reduction']:.2f}x | {r['dit_states']} | {r['acceptance']:.3f} | "
-                f"{r['mean_advance']:.2f} | {r['wall_time_s']:.2f} | {r['wall_clock_speedup']:.2f}x | "
+                f"{r['mean_advance']:.2f} | {r['wall_time_s']:.2f} | {r['wall_clock_speedup']:.2f}x | {by_repeat} | "
                 f"{r['peak_memory_mb'] or 0:.0f} |")
-        lines.append("")
+        lines += ["", "Each repeat runs every variant once, in turn; *speedup by repeat* is the lowest and highest of the "
+                  "baseline's time over the variant's within one repeat. Its spread shows this machine's timing noise; "
+                  "a variant that does the baseline's very work (adaptive K where it takes only plain steps) shows how "
+                  "large that is.", ""]
     if curve:
         lines += ["## Measured batch-cost curve (one DiT forward)", "",
                   "| rows | seconds | seconds per row | relative to 1 row |", "|---|---|---|---|"]
