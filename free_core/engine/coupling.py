@@ -5,15 +5,17 @@ exactly, with y = x (accepted) as often as any coupling allows: P(accept) = 1 - 
 exposed separately so that a speculative round can decide every draft of a round in one batch and replace
 only the first rejection of each chain:
 
-* `coupling_decisions`: accept x with probability min(1, q(x)/p(x)) (log space; relax mode tempers the
-  ratio to (q/p)^(1/temperature)). A draft whose density is not finite, or whose law has a point mass q
-  lacks (TV = 1), is never accepted.
+* `decide_drafts`: accept x with probability min(1, q(x)/p(x)) (log space; relax mode tempers the
+  ratio to (q/p)^(1/temperature)), and say how a rejection would be replaced. A draft whose density is not
+  finite, or whose law has a point mass q lacks (TV = 1), is never accepted. (`coupling_decisions`: the
+  decisions alone.)
 * `coupling_replacements`: y for a rejected x, drawn from the residual (q - p)+ / TV:
   - equal stds: the reflection of x through the hyperplane bisecting the two means (whitened coordinates);
     a rejected x reflected this way has exactly the residual law, so no random numbers are used;
   - unequal stds: rejection sampling from q with acceptance 1 - min(1, p/q), in growing vectorized chunks
     (about 1/TV candidates), bounded: past `max_residual_candidates` it raises instead of returning a wrong law;
-  - disjoint laws (point masses, e.g. the final deterministic step): a fresh draw from q.
+  - disjoint laws (point masses, e.g. the final deterministic step): a fresh draw from q;
+  - a coordinate that is the same point mass under both laws stays there in every case.
 Because the two parts use independent random numbers, deciding all drafts first and replacing only the
 rejections that are used is the same coupling, with the same law.
 
@@ -24,7 +26,7 @@ dtype, and accepted rows are `x_draft` itself, bit for bit.
 
 `maximal_coupling` composes the two and validates its inputs: the public entry point. The speculative
 round calls the two parts directly on tensors it built itself (shapes and dtypes right by construction;
-NaN drafts are rejected by `coupling_decisions`, NaN verified outputs are refused by the transition).
+NaN drafts are rejected by `decide_drafts`, NaN verified outputs are refused by the round).
 """
 
 from __future__ import annotations
