@@ -13,6 +13,7 @@ from typing import Callable
 
 import torch
 
+from .cpu_allocator import keeps_freed_memory
 from .denoiser import GuidedDenoiser
 
 BatchCostCurve = dict[int, float]  # rows in one DiT forward -> seconds
@@ -94,8 +95,6 @@ def cost_cache_dir() -> Path:
 def machine_key(device: torch.device | str) -> dict:
     """What a forward's cost depends on besides the model: the device (and on a CPU its threads and whether the
     process keeps freed memory: see cpu_allocator.py) and torch."""
-    from .cpu_allocator import keeps_freed_memory
-
     device = torch.device(device)
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)

@@ -81,8 +81,8 @@ def maximal_coupling(
     inverse_temperature = _inverse_temperature(temperature, shape[0], x_draft.device)
     accepted, kinds = decide_drafts(x_draft, *laws, generator, inverse_temperature)
     y = x_draft.clone()
-    (rejected_h, kinds_h) = to_host([~accepted, kinds])
-    rejected_h = np.flatnonzero(rejected_h)
+    rejected_mask_h, kinds_h = to_host([~accepted, kinds])
+    rejected_h = np.flatnonzero(rejected_mask_h)
     if rejected_h.size:
         (rejected,) = to_device([rejected_h], x_draft.device)
         y[rejected] = coupling_replacements(x_draft[rejected], *(law[rejected] for law in laws), generator,
@@ -109,8 +109,7 @@ def decide_drafts(x_draft: torch.Tensor, mean_p: torch.Tensor, std_p: torch.Tens
         log_ratio = log_ratio * inverse_temperature
     log_u = torch.log(torch.rand(n, dtype=torch.float64, device=x.device, generator=generator))
     accepted = (log_u < log_ratio) & regular
-    kinds = torch.where(regular, torch.where((sp == sq).all(dim=1), REFLECTION, RESIDUAL), FRESH)
-    return accepted, kinds
+    return accepted, _kinds(sp, sq, regular)
 
 
 def coupling_decisions(x_draft: torch.Tensor, mean_p: torch.Tensor, std_p: torch.Tensor, mean_q: torch.Tensor,
@@ -132,11 +131,10 @@ def coupling_replacements(x_draft: torch.Tensor, mean_p: torch.Tensor, std_p: to
     shape, n = x_draft.shape, x_draft.shape[0]
     x, mp, sp, mq, sq = _flat(x_draft, mean_p, std_p, mean_q, std_q)
     if kinds is None:
-        regular = torch.isfinite(_log_density_ratio(x, mp, sp, mq, sq))
-        (kinds,) = to_host([torch.where(regular, torch.where((sp == sq).all(dim=1), REFLECTION, RESIDUAL), FRESH)])
+        (kinds,) = to_host([_kinds(sp, sq, torch.isfinite(_log_density_ratio(x, mp, sp, mq, sq)))])
     # Coordinates that are the same point mass under p and q carry no randomness: whitened with unit std, and y = mean_q.
-    fixed = (sp + sq == 0) & (mp == mq)
-    draws = {REFLECTION: lambda *rows: _reflection(*rows), FRESH: lambda *rows: _fresh(*rows, generator),
+    fixed = _shared_point_masses(mp, sp, mq, sq)
+    draws = {REFLECTION: _reflection, FRESH: lambda *rows: _fresh(*rows, generator),
              RESIDUAL: lambda *rows: _residual(*rows, generator, max_residual_candidates)}
     y = None
     for kind, draw in draws.items():
@@ -156,6 +154,16 @@ def acceptance_probability_equal_std(delta: torch.Tensor | float) -> torch.Tenso
     return torch.erfc(delta.abs() / (2 * 2**0.5))
 
 
+def _kinds(sp: torch.Tensor, sq: torch.Tensor, regular: torch.Tensor) -> torch.Tensor:
+    """REFLECTION, RESIDUAL or FRESH per row (`regular`: the row's log-density ratio is finite)."""
+    return torch.where(regular, torch.where((sp == sq).all(dim=1), REFLECTION, RESIDUAL), FRESH)
+
+
+def _shared_point_masses(mp: torch.Tensor, sp: torch.Tensor, mq: torch.Tensor, sq: torch.Tensor) -> torch.Tensor:
+    """The coordinates that are the same point mass under p and q (std 0 under both, equal means)."""
+    return (sp + sq == 0) & (mp == mq)
+
+
 def _flat(*tensors: torch.Tensor) -> list[torch.Tensor]:
     n = tensors[0].shape[0]
     return [t.reshape(n, -1) for t in tensors]
@@ -170,7 +178,7 @@ def _log_density_ratio(x, mp, sp, mq, sq) -> torch.Tensor:
     Coordinates that are the same point mass under both laws (std 0 and equal means: a final deterministic step)
     contribute 0.
     """
-    fixed = (sp + sq == 0) & (mp == mq)
+    fixed = _shared_point_masses(mp, sp, mq, sq)
     x, mp, sp, mq, sq = (t.double() for t in (x, mp, sp, mq, sq))
     z_p, z_q = (x - mp) / sp, (x - mq) / sq
     terms = z_p.square() - z_q.square() + 2 * torch.log(sp / sq)

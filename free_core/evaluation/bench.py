@@ -19,6 +19,7 @@ import torch
 
 from ..models.checkpoints import EMBEDDED_CFG_SCALE
 from ..engine.cost import measure_batch_cost
+from ..engine.cpu_allocator import keeps_freed_memory
 from ..engine.denoiser import GuidedDenoiser
 from ..engine.diffusion import GaussianDiffusion
 from ..engine.drafter_interface import FrozenDrafter
@@ -276,8 +277,6 @@ def run_round_costs(model, drafter, config: BenchConfig, coupled_drafts: int = 4
 
 
 def machine_description() -> str:
-    from ..engine.cpu_allocator import keeps_freed_memory
-
     return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
             f"{torch.get_num_threads()} threads, Python {platform.python_version()}"
             + (", malloc keeps freed memory" if keeps_freed_memory() else ""))
