@@ -106,3 +106,39 @@ def test_a_cached_curve_is_one_sessions_measurement_never_merged_with_other_coun
     assert sessions == [[2, 4], [4, 6, 8]]  # the second run timed all its counts, the 4 included
     assert disk_cached_curve({"kind": "test"}, measure_with({}), [4, 6, 8]) == quiet  # and reads them back, untimed
     assert len(sessions) == 2
+
+
+@pytest.mark.parametrize("slow_calls", [0, 3, 7])
+def test_a_slow_spell_while_timing_does_not_price_the_drafting_pass(tmp_path, monkeypatch, slow_calls):
+    """The drafting pass the adaptive policy prices is a median over enough passes that a slow spell of the machine
+    covering several of them (here 3x slower) is not what it reads. With the median of 3, as before, a spell over
+    two timed passes priced every draft of every later run (kept on disk) at 3x its cost."""
+    import types
+
+    import torch
+
+    from free_core.engine import cost
+    from free_core.engine.denoiser import GuidedDenoiser
+    from free_core.engine.diffusion import GaussianDiffusion
+    from free_core.models.checkpoints import EMBEDDED_CFG_SCALE
+    from free_core.models.model_specs import EMBEDDED, resolve_dit, resolve_drafter
+
+    monkeypatch.setenv("FREE_COST_CACHE", str(tmp_path))
+    clock, passes = [0.0], [0]
+    monkeypatch.setattr(cost, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+    monkeypatch.setattr(cost, "_measured", {})  # this process's copy of the curves, as well as the disk's
+    model = resolve_dit(EMBEDDED)
+    drafter = resolve_drafter(EMBEDDED, model)
+    propose = drafter.propose
+
+    def timed_propose(*args, **kwargs):
+        passes[0] += 1
+        clock[0] += 0.003 if 2 <= passes[0] < 2 + slow_calls else 0.001  # pass 1 is the untimed warm-up
+        return propose(*args, **kwargs)
+
+    monkeypatch.setattr(drafter, "propose", timed_propose)
+    denoiser = GuidedDenoiser(model, GaussianDiffusion.respaced(20), cfg_scale=EMBEDDED_CFG_SCALE)
+    x = torch.zeros(1, model.in_channels, model.input_size, model.input_size)
+    seconds = cost.cached_draft_cost(denoiser, drafter, x, torch.zeros(1, dtype=torch.long))
+    assert seconds == pytest.approx(0.001)
+    assert passes[0] == 1 + cost.DRAFT_TIMING_REPEATS

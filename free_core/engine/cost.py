@@ -17,8 +17,13 @@ from .cpu_allocator import keeps_freed_memory
 from .denoiser import GuidedDenoiser
 
 BatchCostCurve = dict[int, float]  # rows in one DiT forward -> seconds
-# Part of every cached curve's key: curves measured the older way (sizes one after another) are measured again.
-TIMING_METHOD = "interleaved medians after a warm-up"
+# Part of every cached curve's key: curves measured an older way (sizes one after another; drafting passes as the
+# median of 3) are measured again.
+TIMING_METHOD = "interleaved medians after a warm-up; drafting passes over 15"
+# A drafting pass takes about a millisecond: the median of 3 fell inside one slow spell of the machine (1.75 ms against
+# 1.0-1.25 ms measured before and after at 2 threads here, enough to keep adaptive K from drafting where K = 2 paid),
+# and 15 of them still cost less than one DiT forward of the curve.
+DRAFT_TIMING_REPEATS = 15
 
 
 def interpolate_cost(curve: BatchCostCurve, rows: int) -> float:
@@ -198,4 +203,4 @@ def cached_draft_cost(denoiser: GuidedDenoiser, drafter, x: torch.Tensor, labels
            "shape": list(x.shape), "branches": branches, **machine_key(x.device)}
     if getattr(drafter, "compile_mode", None):  # a compiled drafter costs differently (the key of an eager one is unchanged)
         key["compiled"] = drafter.compile_mode
-    return disk_cached_curve(key, lambda counts: time_calls(draft, counts, x.device), [rows])[rows]
+    return disk_cached_curve(key, lambda counts: time_calls(draft, counts, x.device, DRAFT_TIMING_REPEATS), [rows])[rows]
