@@ -142,3 +142,35 @@ def test_a_slow_spell_while_timing_does_not_price_the_drafting_pass(tmp_path, mo
     seconds = cost.cached_draft_cost(denoiser, drafter, x, torch.zeros(1, dtype=torch.long))
     assert seconds == pytest.approx(0.001)
     assert passes[0] == 1 + cost.DRAFT_TIMING_REPEATS
+
+
+def _probe_rounds(policy: AdaptiveDraftLength, rounds: int, accept: float) -> list[int]:
+    """The rounds in which `policy` drafts, when a drafted transition is accepted with frequency `accept`."""
+    stats = SamplingStats("free-strict", 10, 1)
+    stats.rounds = 2  # past the first round, as in a run
+    drafted = []
+    for round_index in range(rounds):
+        k = policy.next_length(stats)
+        if k:
+            drafted.append(round_index)
+            stats.proposed_per_step[0] += k
+            stats.accepted_per_step[0] += int(round(accept * k))
+    return drafted
+
+
+def test_probes_grow_rarer_each_time_drafting_stops_paying():
+    """Where drafts keep failing (50 steps on this CPU), every probe costs a round dearer than a plain step; the return
+    to the prior halves each time drafting stops paying, so the gaps between probes grow. A run whose drafts are
+    accepted drafts on, as before."""
+    curve = {2: 1.0, 4: 1.3, 6: 1.6, 8: 1.9, 10: 2.2}
+    failing = AdaptiveDraftLength(max_length=4, cost_curve=curve, draft_cost_ratio=0.05)
+    failing.start_run(2)
+    drafted = _probe_rounds(failing, 300, accept=0.0)
+    gaps = [b - a for a, b in zip(drafted, drafted[1:])]
+    assert len(gaps) >= 3 and gaps[2] >= 2 * gaps[0] and gaps == sorted(gaps)
+    flat = AdaptiveDraftLength(max_length=4, cost_curve=curve, draft_cost_ratio=0.05, max_backoffs=0)
+    flat.start_run(2)
+    assert len(_probe_rounds(flat, 300, accept=0.0)) > 2 * len(drafted)  # the old behaviour: a probe every few rounds
+    accepting = AdaptiveDraftLength(max_length=4, cost_curve=curve, draft_cost_ratio=0.05)
+    accepting.start_run(2)
+    assert len(_probe_rounds(accepting, 300, accept=1.0)) == 300

@@ -65,13 +65,16 @@ class AdaptiveDraftLength(DraftLengthPolicy):
     least `margin` more steps per second than a plain step (the curve is a measurement, with noise); K rises by
     at most one a round towards the best K, so a probe of the prior's optimism costs one short round, not a long one; and after
     plain-step rounds the acceptance estimate returns to the prior only slowly (`reprobe`), so drafting is
-    re-tried now and then as the schedule moves on, not every other round.
+    re-tried now and then as the schedule moves on, not every other round. Each time drafting stops paying, that
+    return halves (down to `reprobe` / 2^`max_backoffs`): a run whose drafts keep failing (few steps, low acceptance)
+    probes ever more rarely, while a run that drafts on keeps re-trying at the full rate.
     """
 
     label = "adaptive"
 
     def __init__(self, max_length: int = 8, cost_curve: BatchCostCurve | None = None, draft_cost_ratio: float = 0.1,
-                 prior_acceptance: float = 0.8, smoothing: float = 0.5, margin: float = 0.1, reprobe: float = 0.1):
+                 prior_acceptance: float = 0.8, smoothing: float = 0.5, margin: float = 0.1, reprobe: float = 0.1,
+                 max_backoffs: int = 3):
         if max_length < 1:
             raise ValueError(f"max_length must be >= 1, got {max_length}")
         for name, value in (("smoothing", smoothing), ("reprobe", reprobe)):
@@ -79,7 +82,7 @@ class AdaptiveDraftLength(DraftLengthPolicy):
                 raise ValueError(f"{name} must lie in (0, 1], got {value}")
         if not margin >= 0:
             raise ValueError(f"margin must be >= 0, got {margin}")
-        self.margin, self.reprobe = margin, reprobe
+        self.margin, self.reprobe, self.max_backoffs = margin, reprobe, max_backoffs
         # Without a measured drafting pass, one costs draft_cost_ratio x a one-state verification (a drafter is <= 5%
         # of the DiT in FLOPs, but on small batches kernel overheads dominate: 0.1 is what the embedded model measured
         # on CPU); a run that can measure it (start_run's measure_draft) uses the measured seconds instead.
@@ -100,6 +103,7 @@ class AdaptiveDraftLength(DraftLengthPolicy):
         self.acceptance = self.prior_acceptance
         self._seen_proposed = self._seen_accepted = 0
         self._last_length = 0
+        self._backoffs = 0  # times drafting stopped paying in this run
 
     def start_run(self, rows_per_state: int, measure: Callable[[list[int]], dict[int, float]] | None = None,
                   measure_draft: Callable[[], float] | None = None) -> None:
@@ -140,9 +144,12 @@ class AdaptiveDraftLength(DraftLengthPolicy):
         if self._seen_proposed == drafted_before and stats.rounds > 1:
             # Nothing drafted last round: drift slowly back towards the prior, so that a phase of low acceptance
             # does not switch drafting off for the rest of the run.
-            self.acceptance = (1 - self.reprobe) * self.acceptance + self.reprobe * self.prior_acceptance
+            reprobe = self.reprobe / 2 ** self._backoffs
+            self.acceptance = (1 - reprobe) * self.acceptance + reprobe * self.prior_acceptance
         best = max(range(1, self.max_length + 1), key=self.expected_rate)
         drafting_pays = self.expected_rate(best) > (1 + self.margin) * self.expected_rate(0)
+        if self._last_length and not drafting_pays:
+            self._backoffs = min(self._backoffs + 1, self.max_backoffs)
         # K rises by one a round at most, so a probe of the prior's optimism costs one short round, not a long one.
         self._last_length = min(best, self._last_length + 1) if drafting_pays else 0
         return self._last_length
