@@ -76,10 +76,8 @@ def nondecreasing(curve: BatchCostCurve) -> BatchCostCurve:
     return result
 
 
-@torch.inference_mode()  # as the samplers run their forwards: cheaper per op than no_grad
-def measure_batch_cost(denoiser: GuidedDenoiser, x: torch.Tensor, labels: torch.Tensor, row_counts: list[int],
-                       repeats: int = 5) -> dict[int, float]:
-    """Median seconds of one DiT forward (features + head) for each row count (rows = states x CFG branches)."""
+def dit_forward(denoiser: GuidedDenoiser, x: torch.Tensor, labels: torch.Tensor) -> Callable[[int], None]:
+    """`forward(rows)`: one DiT forward (features + head) of `rows` rows shaped like `x`'s, as the cost curve times it."""
     model = denoiser.model
     t_last = int(denoiser.diffusion.model_timesteps[-1])
 
@@ -89,7 +87,14 @@ def measure_batch_cost(denoiser: GuidedDenoiser, x: torch.Tensor, labels: torch.
         y = labels[:1].expand(rows).clone()
         model.head(model.features(inputs, t, y), t, y)
 
-    return time_calls(forward, row_counts, x.device, repeats)
+    return forward
+
+
+@torch.inference_mode()  # as the samplers run their forwards: cheaper per op than no_grad
+def measure_batch_cost(denoiser: GuidedDenoiser, x: torch.Tensor, labels: torch.Tensor, row_counts: list[int],
+                       repeats: int = 5) -> dict[int, float]:
+    """Median seconds of one DiT forward (features + head) for each row count (rows = states x CFG branches)."""
+    return time_calls(dit_forward(denoiser, x, labels), row_counts, x.device, repeats)
 
 
 def cost_cache_dir() -> Path:
