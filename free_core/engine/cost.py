@@ -182,6 +182,14 @@ def cached_black_box_cost(key: object, call: Callable[[int], object], row_counts
     return disk_cached_curve(key, measure, sorted(set(row_counts)), persist)
 
 
+def cached_pass_cost(key: dict, call: Callable[[], object], device: torch.device | str, rows: int,
+                     persist: bool = True) -> float:
+    """Seconds of one drafting pass `call()` over `rows` rows: the median of DRAFT_TIMING_REPEATS after a warm-up,
+    measured once per `key` (which names the machine) and kept on disk like a curve."""
+    return disk_cached_curve(key, lambda counts: time_calls(lambda _: call(), counts, device, DRAFT_TIMING_REPEATS),
+                             [rows], persist)[rows]
+
+
 @torch.inference_mode()  # as the round runs its drafting passes
 def cached_draft_cost(denoiser: GuidedDenoiser, drafter, x: torch.Tensor, labels: torch.Tensor) -> float:
     """Seconds of one drafting pass over the batch `x` (the drafter's proposal on every CFG row, the guided output and
@@ -197,7 +205,7 @@ def cached_draft_cost(denoiser: GuidedDenoiser, drafter, x: torch.Tensor, labels
     features = torch.zeros((rows, m, model.num_tokens, model.hidden_size), dtype=feature_dtype, device=x.device) if m else None
     output = torch.zeros((rows, model.out_channels, *x.shape[2:]), dtype=x.dtype, device=x.device)
 
-    def draft(_: int) -> None:
+    def draft() -> None:
         context = DraftContext(features=features, output=output, x=x_rows, t=t_rows, y=y_rows,
                                step=step.repeat_interleave(branches), previous_x=x_rows)
         out_rows, _ = drafter.propose(model, context)
@@ -208,4 +216,4 @@ def cached_draft_cost(denoiser: GuidedDenoiser, drafter, x: torch.Tensor, labels
            "shape": list(x.shape), "branches": branches, **machine_key(x.device)}
     if getattr(drafter, "compile_mode", None):  # a compiled drafter costs differently (the key of an eager one is unchanged)
         key["compiled"] = drafter.compile_mode
-    return disk_cached_curve(key, lambda counts: time_calls(draft, counts, x.device, DRAFT_TIMING_REPEATS), [rows])[rows]
+    return cached_pass_cost(key, draft, x.device, rows)

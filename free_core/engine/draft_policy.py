@@ -82,6 +82,8 @@ class AdaptiveDraftLength(DraftLengthPolicy):
                 raise ValueError(f"{name} must lie in (0, 1], got {value}")
         if not margin >= 0:
             raise ValueError(f"margin must be >= 0, got {margin}")
+        if max_backoffs < 0:
+            raise ValueError(f"max_backoffs must be >= 0, got {max_backoffs}")
         self.margin, self.reprobe, self.max_backoffs = margin, reprobe, max_backoffs
         # Without a measured drafting pass, one costs draft_cost_ratio x a one-state verification (a drafter is <= 5%
         # of the DiT in FLOPs, but on small batches kernel overheads dominate: 0.1 is what the embedded model measured

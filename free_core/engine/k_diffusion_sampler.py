@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from .chunking import RowChunks
-from .cost import DRAFT_TIMING_REPEATS, cached_black_box_cost, disk_cached_curve, machine_key, time_calls
+from .cost import cached_black_box_cost, cached_pass_cost, machine_key, time_calls
 from .draft_policy import DraftLengthPolicy
 from .host_transfer import to_device, to_host
 from .rounds import check_options, run_rounds
@@ -263,13 +263,11 @@ def sample_free_euler_ancestral(
         key = {"kind": "sigma drafting pass", "flow": step.flow, "dtype": str(x.dtype), "shape": list(x.shape),
                **machine_key(x.device)}
         if drafter is None:
-            return disk_cached_curve(key, lambda counts: time_calls(lambda _: step(x, x, sigma, sigma_next), counts,
-                                                                    x.device, DRAFT_TIMING_REPEATS), [n])[n]
+            return cached_pass_cost(key, lambda: step(x, x, sigma, sigma_next), x.device, n)
         key.update(drafter=repr(drafter.config), model=f"object {id(model)}" if cost_key is None else cost_key)
         one_pass = drafting_pass(tapped, drafter, x, sigmas[:1].expand(n).to(x), extra_args)
-        return disk_cached_curve(key, lambda counts: time_calls(lambda _: step(x, one_pass(), sigma, sigma_next), counts,
-                                                                x.device, DRAFT_TIMING_REPEATS), [n],
-                                 persist=cost_key is not None)[n]
+        return cached_pass_cost(key, lambda: step(x, one_pass(), sigma, sigma_next), x.device, n,
+                                persist=cost_key is not None)
 
     policy.start_run(n, measure, measure_draft)  # an adaptive K reads the model's cost curve, measured once per machine
     stats.calibration_s = time.perf_counter() - started  # measuring the device's costs: once per machine, not sampling
