@@ -76,8 +76,9 @@ def test_drafter_for_another_dit_is_refused_naming_both(tmp_path):
 
 
 def test_a_drafting_pass_reads_the_dits_own_conditioning_and_patch_embedding_change():
-    """The sampler hands the drafter the conditioning from per-run tables, and the drafter takes the change of the
-    patch embedding as one linear map of the state change: both must equal what the DiT's own embedders give."""
+    """The sampler hands the drafter its adaLN modulations from a per-run table of every (step, sample), and the
+    drafter takes the change of the patch embedding as one linear map of the state change: both must equal what the
+    DiT's own embedders give for that row."""
     from free_core.engine.denoiser import GuidedDenoiser
     from free_core.engine.diffusion import GaussianDiffusion
     from free_core.engine.speculative import sample_speculative
@@ -85,6 +86,8 @@ def test_a_drafting_pass_reads_the_dits_own_conditioning_and_patch_embedding_cha
 
     dit = _random_dit()
     drafter = drafter_for(dit)
+    for p in drafter.parameters():  # its adaLN starts at zero: random weights make every column of its table count
+        torch.nn.init.normal_(p, std=0.05)
     seen = []
     propose = drafter.propose
 
@@ -99,6 +102,33 @@ def test_a_drafting_pass_reads_the_dits_own_conditioning_and_patch_embedding_cha
     assert seen
     with torch.no_grad():  # the contexts hold the sampler's inference tensors, which autograd cannot record
         for context in seen:
-            torch.testing.assert_close(context.conditioning, dit.conditioning(context.t, context.y), rtol=1e-5, atol=1e-6)
+            # The sampler's table, indexed by (step, sample), must hold this row's own (t, y) terms.
+            torch.testing.assert_close(context.modulation, drafter.modulation(dit, dit.conditioning(context.t, context.y)),
+                                       rtol=1e-5, atol=1e-6)
             torch.testing.assert_close(patch_embedding_change(dit, context.x, context.previous_x),
                                        dit.x_embedder(context.x) - dit.x_embedder(context.previous_x), rtol=1e-4, atol=1e-5)
+
+
+def test_a_proposal_from_tabled_modulations_and_shared_states_equals_the_plain_one():
+    """With CFG a state is two model rows: the drafter embeds its change once and repeats it (`branches`), and reads
+    its adaLN terms from rows of a table. Both must give the proposal of the row-by-row, compute-everything path."""
+    from free_core.engine.drafter_interface import DraftContext
+
+    dit = _random_dit()
+    drafter = drafter_for(dit)
+    for p in drafter.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    g = torch.Generator().manual_seed(3)
+    states, previous = torch.randn(3, 3, 32, 32, generator=g), torch.randn(3, 3, 32, 32, generator=g)
+    x, previous_x = states.repeat_interleave(2, dim=0), previous.repeat_interleave(2, dim=0)
+    t, y = torch.tensor([3, 3, 500, 500, 900, 900]), torch.tensor([1, 10, 2, 10, 7, 10])
+    history = torch.randn(6, 2, dit.num_tokens, dit.hidden_size, generator=g)
+    common = dict(features=history, output=torch.zeros(6, dit.out_channels, 32, 32), x=x, previous_x=previous_x,
+                  t=t, y=y, step=torch.zeros(6, dtype=torch.long))
+    with torch.no_grad():
+        plain_output, plain_features = drafter.propose(dit, DraftContext(**common))
+        table = drafter.modulation(dit, dit.conditioning(t, y))
+        output, features = drafter.propose(dit, DraftContext(**common, modulation=table, branches=2))
+    torch.testing.assert_close(features, plain_features, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(output, plain_output, rtol=1e-5, atol=1e-6)
+    assert not torch.equal(features[0], features[1]), "the two rows of a state must differ in their features"

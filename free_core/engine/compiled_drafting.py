@@ -32,6 +32,8 @@ class CompiledDrafter:
         self.drafter, self.history_length = drafter, drafter.history_length
         self.name = getattr(drafter, "name", type(drafter).__name__)
         self.config = getattr(drafter, "config", None)
+        if hasattr(drafter, "modulation"):  # the sampler tables it once per run, outside the compiled pass
+            self.modulation = drafter.modulation
         self.compile_mode = compile_mode(device)
         # dynamic=None: the first shape compiles static; a second row count recompiles once with a dynamic batch axis
         self._compiled = torch.compile(drafter.propose, mode=self.compile_mode, dynamic=None)

@@ -41,6 +41,7 @@ class DDPMSpace:
             steps = torch.arange(self.total_steps, device=labels.device)
             self.step_table, label_rows = tables(denoiser.diffusion.timestep_for(steps), denoiser.label_rows(labels))
             self.label_table = label_rows.unflatten(0, (-1, self.rows_per_state))  # (n, branches, D)
+        self.modulation_table: torch.Tensor | None = None  # (S, n, branches, M): made at the run's first draft
 
     def step_label(self, progress: torch.Tensor) -> torch.Tensor:
         return self.total_steps - 1 - progress
@@ -57,6 +58,11 @@ class DDPMSpace:
         self.round_labels = self.labels[self.active]
         self.round_label_rows = self.denoiser.label_rows(self.round_labels)
         self.round_label_terms = None if self.label_table is None else self.label_table[self.active]  # (A, branches, D)
+        modulation = getattr(self.drafter, "modulation", None)
+        if self.modulation_table is None and modulation is not None and self.step_table is not None:
+            # The drafter's terms of each (step, label) once per run, in one batched call, instead of in every pass.
+            conditioning = self.step_table[:, None, None] + self.label_table  # (S, n, branches, D), as a pass adds them
+            self.modulation_table = modulation(self.denoiser.model, conditioning)
 
     def draft(self, rows, progress, state, previous):
         denoiser, device = self.denoiser, state.device
@@ -68,15 +74,18 @@ class DDPMSpace:
         y_rows = self.round_label_rows if every_row else denoiser.label_rows(self.round_labels[rows])
         branches = denoiser.branches
         history = self.work_history if every_row or self.work_history is None else self.work_history[rows]
-        conditioning = None
-        if self.step_table is not None:  # (rows x branches, D), the order of the model rows
+        conditioning = modulation = None
+        if self.modulation_table is not None:  # (rows x branches, M), the order of the model rows
+            modulation = self.modulation_table[i, self.active if every_row else self.active[rows]].flatten(0, 1)
+        elif self.step_table is not None:  # (rows x branches, D), the order of the model rows
             label_terms = self.round_label_terms if every_row else self.round_label_terms[rows]
             conditioning = (self.step_table[i].unsqueeze(1) + label_terms).flatten(0, 1)
         context = DraftContext(
             features=None if history is None else history.flatten(0, 1),
             output=(self.work_output if every_row else self.work_output[rows]).flatten(0, 1),
             x=x_rows, t=t_rows, y=y_rows, step=i.repeat_interleave(branches),
-            previous_x=previous.repeat_interleave(branches, dim=0), conditioning=conditioning,
+            previous_x=previous.repeat_interleave(branches, dim=0), conditioning=conditioning, modulation=modulation,
+            branches=branches,
         )
         out_rows, feature_rows = self.drafter.propose(denoiser.model, context)
         if every_row:

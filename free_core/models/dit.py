@@ -147,7 +147,11 @@ class FinalLayer(nn.Module):
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 2 * hidden_size, bias=True))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        shift, scale = self.adaLN_modulation(c).chunk(2, dim=1)
+        return self.modulated(x, self.adaLN_modulation(c))
+
+    def modulated(self, x: torch.Tensor, modulation: torch.Tensor) -> torch.Tensor:
+        """The layer given its adaLN modulation of c, (N, 2D) shift then scale, which a drafter may have tabled."""
+        shift, scale = modulation.chunk(2, dim=1)
         return self.linear(modulate(self.norm_final(x), shift, scale))  # (N, T, p*p*C')
 
 
@@ -231,7 +235,7 @@ class DiT(nn.Module):
         c, p = self.out_channels, self.patch_size
         h = w = int(x.shape[1] ** 0.5)
         x = x.reshape(x.shape[0], h, w, p, p, c)
-        x = torch.einsum("nhwpqc->nchpwq", x)
+        x = x.permute(0, 5, 1, 3, 2, 4)  # n h w p q c -> n c h p w q
         return x.reshape(x.shape[0], c, h * p, w * p)  # (N, C', H, W)
 
     def conditioning(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -256,6 +260,10 @@ class DiT(nn.Module):
         `c`, the conditioning of (t, y), may be passed by a caller that already computed it (a drafter)."""
         c = self.conditioning(t, y) if c is None else c  # (N, D)
         return self.unpatchify(self.final_layer(h, c))
+
+    def modulated_head(self, h: torch.Tensor, modulation: torch.Tensor) -> torch.Tensor:
+        """`head` given the final layer's adaLN modulation of (t, y), (N, 2D), instead of (t, y)."""
+        return self.unpatchify(self.final_layer.modulated(h, modulation))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x, t, y), t, y)
