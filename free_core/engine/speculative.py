@@ -25,6 +25,12 @@ from .stats import SamplingStats, timed_callback
 Mode = Literal["strict", "relax"]
 
 
+def repeat_rows(tensor: torch.Tensor, branches: int) -> torch.Tensor:
+    """Each row `branches` times in a row, like `repeat_interleave(branches, dim=0)`, but a view (no copy) for one
+    row: the drafter only reads them."""
+    return tensor.unsqueeze(1).expand(-1, branches, *tensor.shape[1:]).flatten(0, 1)
+
+
 class DDPMSpace:
     """DiT transitions over respaced step indices, drafted from the last verified output and feature history."""
 
@@ -70,9 +76,9 @@ class DDPMSpace:
             self._start_drafting()
         every_row = rows.numel() == self.active.numel()  # then rows is 0..A-1: read and write whole tensors
         i = self.step_label(progress).to(device)
-        x_rows, t_rows = denoiser.state_rows(state, i)
-        y_rows = self.round_label_rows if every_row else denoiser.label_rows(self.round_labels[rows])
         branches = denoiser.branches
+        x_rows, t_rows = repeat_rows(state, branches), repeat_rows(denoiser.diffusion.timestep_for(i), branches)
+        y_rows = self.round_label_rows if every_row else denoiser.label_rows(self.round_labels[rows])
         history = self.work_history if every_row or self.work_history is None else self.work_history[rows]
         conditioning = modulation = None
         if self.modulation_table is not None:  # (rows x branches, M), the order of the model rows
@@ -83,9 +89,8 @@ class DDPMSpace:
         context = DraftContext(
             features=None if history is None else history.flatten(0, 1),
             output=(self.work_output if every_row else self.work_output[rows]).flatten(0, 1),
-            x=x_rows, t=t_rows, y=y_rows, step=i.repeat_interleave(branches),
-            previous_x=previous.repeat_interleave(branches, dim=0), conditioning=conditioning, modulation=modulation,
-            branches=branches,
+            x=x_rows, t=t_rows, y=y_rows, step=repeat_rows(i, branches), previous_x=repeat_rows(previous, branches),
+            conditioning=conditioning, modulation=modulation, branches=branches,
         )
         out_rows, feature_rows = self.drafter.propose(denoiser.model, context)
         if every_row:
