@@ -96,10 +96,9 @@ class GuidedDenoiser:
         """Fold (n * branches, C', H, W) rows into (n, C', H, W): eps guided, variance from the cond row."""
         if self.branches == 1:
             return output_rows
-        rows = output_rows.unflatten(0, (-1, 2))
-        cond, uncond = rows[:, 0], rows[:, 1]
+        cond, uncond = output_rows.unflatten(0, (-1, 2)).unbind(1)
         c = self.model.in_channels
-        eps = uncond[:, :c] + self.cfg_scale * (cond[:, :c] - uncond[:, :c])
+        eps = torch.lerp(uncond[:, :c], cond[:, :c], self.cfg_scale)  # uncond + cfg_scale * (cond - uncond), one op
         return torch.cat([eps, cond[:, c:]], dim=1)
 
     def transition(self, output: torch.Tensor, x: torch.Tensor, i: torch.Tensor, check_finite: bool = True

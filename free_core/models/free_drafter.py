@@ -26,7 +26,7 @@ from torch import nn
 
 from ..engine.drafter_interface import DraftContext
 from .checkpoints import safetensors_keys_and_metadata
-from .dit import DiT, modulate
+from .dit import DiT
 
 
 @dataclass(frozen=True)
@@ -78,8 +78,10 @@ class FreeDrafter(nn.Module):
             state_change = state_change.unsqueeze(1).expand(-1, branches, -1, -1).flatten(0, 1)
         u = torch.cat([last - previous, self.norm(last), state_change], dim=-1)  # (R, T, 3D)
         shift, scale, gate = modulation.split([self.config.hidden, self.config.hidden, self.config.width], dim=-1)
-        hidden = nn.functional.gelu(modulate(self.fc1(u), shift, scale), approximate="tanh")  # (R, T, hidden)
-        return last + (1 + gate.unsqueeze(1)) * self.fc2(hidden)  # (R, T, D)
+        # modulate(fc1(u), shift, scale) and the gated residual as fused multiply-adds: one dispatch each
+        hidden = nn.functional.gelu(torch.addcmul(shift.unsqueeze(1), self.fc1(u), 1 + scale.unsqueeze(1)),
+                                    approximate="tanh")  # (R, T, hidden)
+        return torch.addcmul(last, 1 + gate.unsqueeze(1), self.fc2(hidden))  # (R, T, D)
 
     def forward(self, dit: DiT, history: torch.Tensor, x: torch.Tensor, previous_x: torch.Tensor, t: torch.Tensor,
                 y: torch.Tensor) -> torch.Tensor:
