@@ -63,15 +63,15 @@ class FreeDrafter(nn.Module):
         self.dit_fingerprint = ""
 
     def predict_features(self, dit: DiT, history: torch.Tensor, x: torch.Tensor, previous_x: torch.Tensor,
-                         t: torch.Tensor, y: torch.Tensor, c: torch.Tensor | None = None,
-                         modulation: torch.Tensor | None = None, branches: int = 1) -> torch.Tensor:
+                         t: torch.Tensor, y: torch.Tensor, modulation: torch.Tensor | None = None,
+                         branches: int = 1) -> torch.Tensor:
         """history (R, m, T, D) oldest first; x, previous_x (R, C, H, W); t, y (R,) -> drafted features (R, T, D).
 
-        `c` is the DiT's conditioning of (t, y) when the caller has it already; `modulation`, this drafter's adaLN
-        modulation of it (the first `modulation_width` columns of `modulation()`), when the caller tabled that."""
+        `modulation` is this drafter's adaLN modulation of (t, y) (the first `modulation_width` columns of
+        `modulation()`) when the caller has it; `branches`, how many consecutive rows share a state (2 with CFG)."""
         last, previous = history[:, -1], history[:, -2]  # (R, T, D)
         if modulation is None:
-            modulation = self.adaLN_modulation(dit.conditioning(t, y) if c is None else c)
+            modulation = self.adaLN_modulation(dit.conditioning(t, y))
         # (R, T, D): drift + the noise just injected, embedded once per state and shared by its `branches` rows
         state_change = patch_embedding_change(dit, x[::branches], previous_x[::branches])
         if branches > 1:  # a view for one state; the cat below copies it either way
