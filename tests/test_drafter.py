@@ -103,7 +103,9 @@ def test_a_drafting_pass_reads_the_dits_own_conditioning_and_patch_embedding_cha
     with torch.no_grad():  # the contexts hold the sampler's inference tensors, which autograd cannot record
         for context in seen:
             # The sampler's table, indexed by (step, sample), must hold this row's own (t, y) terms.
-            torch.testing.assert_close(context.modulation, drafter.modulation(dit, dit.conditioning(context.t, context.y)),
+            t = denoiser.diffusion.timestep_for(context.step)  # the rows' timesteps: the table stands in for them
+            assert context.t is None
+            torch.testing.assert_close(context.modulation, drafter.modulation(dit, dit.conditioning(t, context.y)),
                                        rtol=1e-5, atol=1e-6)
             torch.testing.assert_close(patch_embedding_change(dit, context.x, context.previous_x),
                                        dit.x_embedder(context.x) - dit.x_embedder(context.previous_x), rtol=1e-4, atol=1e-5)

@@ -22,7 +22,7 @@ class DraftContext:
     output: torch.Tensor  # (R, C', H, W) latest output: verified, or drafted earlier this round
     x: torch.Tensor  # (R, C, H, W) state whose output is being drafted (its noise is already in the past)
     previous_x: torch.Tensor  # (R, C, H, W) the state before x: where `output` was evaluated or drafted
-    t: torch.Tensor  # (R,) model timesteps of x
+    t: torch.Tensor | None  # (R,) model timesteps of x; None when `modulation` holds what they condition
     y: torch.Tensor  # (R,) class labels (null class on unconditional rows)
     step: torch.Tensor  # (R,) respaced step indices of x
     conditioning: torch.Tensor | None = None  # (R, D) the DiT's conditioning of (t, y) when the sampler has it at hand

@@ -77,19 +77,21 @@ class DDPMSpace:
         every_row = rows.numel() == self.active.numel()  # then rows is 0..A-1: read and write whole tensors
         i = self.step_label(progress).to(device)
         branches = denoiser.branches
-        x_rows, t_rows = repeat_rows(state, branches), repeat_rows(denoiser.diffusion.timestep_for(i), branches)
         y_rows = self.round_label_rows if every_row else denoiser.label_rows(self.round_labels[rows])
         history = self.work_history if every_row or self.work_history is None else self.work_history[rows]
-        conditioning = modulation = None
+        conditioning = modulation = t_rows = None
         if self.modulation_table is not None:  # (rows x branches, M), the order of the model rows
             modulation = self.modulation_table[i, self.active if every_row else self.active[rows]].flatten(0, 1)
-        elif self.step_table is not None:  # (rows x branches, D), the order of the model rows
-            label_terms = self.round_label_terms if every_row else self.round_label_terms[rows]
-            conditioning = (self.step_table[i].unsqueeze(1) + label_terms).flatten(0, 1)
+        else:
+            t_rows = repeat_rows(denoiser.diffusion.timestep_for(i), branches)
+            if self.step_table is not None:  # (rows x branches, D), the order of the model rows
+                label_terms = self.round_label_terms if every_row else self.round_label_terms[rows]
+                conditioning = (self.step_table[i].unsqueeze(1) + label_terms).flatten(0, 1)
         context = DraftContext(
             features=None if history is None else history.flatten(0, 1),
             output=(self.work_output if every_row else self.work_output[rows]).flatten(0, 1),
-            x=x_rows, t=t_rows, y=y_rows, step=repeat_rows(i, branches), previous_x=repeat_rows(previous, branches),
+            x=repeat_rows(state, branches), t=t_rows, y=y_rows, step=repeat_rows(i, branches),
+            previous_x=repeat_rows(previous, branches),
             conditioning=conditioning, modulation=modulation, branches=branches,
         )
         out_rows, feature_rows = self.drafter.propose(denoiser.model, context)
