@@ -25,7 +25,6 @@ class DraftContext:
     t: torch.Tensor | None  # (R,) model timesteps of x; None when `modulation` holds what they condition
     y: torch.Tensor  # (R,) class labels (null class on unconditional rows)
     step: torch.Tensor  # (R,) respaced step indices of x
-    conditioning: torch.Tensor | None = None  # (R, D) the DiT's conditioning of (t, y) when the sampler has it at hand
     modulation: torch.Tensor | None = None  # (R, M) rows of the drafter's `modulation` table, when the sampler made one
     branches: int = 1  # model rows per state (2 with CFG): x and previous_x repeat each state in runs of this length
 

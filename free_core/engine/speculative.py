@@ -41,12 +41,6 @@ class DDPMSpace:
         self.history_length = drafter.history_length
         self.last_output: torch.Tensor | None = None  # (n, branches, C', H, W) verified output at each sample's last state
         self.history: torch.Tensor | None = None  # (n, branches, m, T, D) verified top-block features, oldest first
-        self.step_table = self.label_table = None  # the model's conditioning terms per step and per sample's rows
-        tables = getattr(denoiser.model, "conditioning_tables", None)
-        if tables is not None:
-            steps = torch.arange(self.total_steps, device=labels.device)
-            self.step_table, label_rows = tables(denoiser.diffusion.timestep_for(steps), denoiser.label_rows(labels))
-            self.label_table = label_rows.unflatten(0, (-1, self.rows_per_state))  # (n, branches, D)
         self.modulation_table: torch.Tensor | None = None  # (S, n, branches, M): made at the run's first draft
 
     def step_label(self, progress: torch.Tensor) -> torch.Tensor:
@@ -58,17 +52,26 @@ class DDPMSpace:
 
     def _start_drafting(self) -> None:
         """The round's drafts overwrite copies (indexing copies) of the active samples' output and history; their
-        labels' model rows and conditioning terms are the same in every drafting pass of the round."""
+        labels' model rows are the same in every drafting pass of the round."""
         self.work_output = self.last_output[self.active]
         self.work_history = self.history[self.active] if self.history is not None else None
         self.round_labels = self.labels[self.active]
         self.round_label_rows = self.denoiser.label_rows(self.round_labels)
-        self.round_label_terms = None if self.label_table is None else self.label_table[self.active]  # (A, branches, D)
+        if self.modulation_table is None:
+            self.modulation_table = self._modulation_table()
+
+    def _modulation_table(self) -> torch.Tensor | None:
+        """The drafter's terms of every (step, sample's row), made in one batched call per run instead of in every
+        pass: the DiT's conditioning tables (its timestep MLP once per step, its label embedding once per row), added
+        as the DiT adds them, through the drafter's `modulation`. None for a drafter or a model without them."""
         modulation = getattr(self.drafter, "modulation", None)
-        if self.modulation_table is None and modulation is not None and self.step_table is not None:
-            # The drafter's terms of each (step, label) once per run, in one batched call, instead of in every pass.
-            conditioning = self.step_table[:, None, None] + self.label_table  # (S, n, branches, D), as a pass adds them
-            self.modulation_table = modulation(self.denoiser.model, conditioning)
+        tables = getattr(self.denoiser.model, "conditioning_tables", None)
+        if modulation is None or tables is None:
+            return None
+        steps = torch.arange(self.total_steps, device=self.labels.device)
+        step_terms, label_terms = tables(self.denoiser.diffusion.timestep_for(steps), self.denoiser.label_rows(self.labels))
+        conditioning = step_terms[:, None, None] + label_terms.unflatten(0, (-1, self.rows_per_state))  # (S, n, branches, D)
+        return modulation(self.denoiser.model, conditioning)
 
     def draft(self, rows, progress, state, previous):
         denoiser, device = self.denoiser, state.device
@@ -79,20 +82,17 @@ class DDPMSpace:
         branches = denoiser.branches
         y_rows = self.round_label_rows if every_row else denoiser.label_rows(self.round_labels[rows])
         history = self.work_history if every_row or self.work_history is None else self.work_history[rows]
-        conditioning = modulation = t_rows = None
+        modulation = t_rows = None
         if self.modulation_table is not None:  # (rows x branches, M), the order of the model rows
             modulation = self.modulation_table[i, self.active if every_row else self.active[rows]].flatten(0, 1)
         else:
             t_rows = repeat_rows(denoiser.diffusion.timestep_for(i), branches)
-            if self.step_table is not None:  # (rows x branches, D), the order of the model rows
-                label_terms = self.round_label_terms if every_row else self.round_label_terms[rows]
-                conditioning = (self.step_table[i].unsqueeze(1) + label_terms).flatten(0, 1)
         context = DraftContext(
             features=None if history is None else history.flatten(0, 1),
             output=(self.work_output if every_row else self.work_output[rows]).flatten(0, 1),
             x=repeat_rows(state, branches), t=t_rows, y=y_rows, step=repeat_rows(i, branches),
             previous_x=repeat_rows(previous, branches),
-            conditioning=conditioning, modulation=modulation, branches=branches,
+            modulation=modulation, branches=branches,
         )
         out_rows, feature_rows = self.drafter.propose(denoiser.model, context)
         if every_row:

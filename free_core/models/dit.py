@@ -254,12 +254,9 @@ class DiT(nn.Module):
             h = block(h, c)  # (N, T, D)
         return h
 
-    def head(self, h: torch.Tensor, t: torch.Tensor, y: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
-        """Final adaLN layer and unpatchify: top-block features to the model output (N, C', H, W).
-
-        `c`, the conditioning of (t, y), may be passed by a caller that already computed it (a drafter)."""
-        c = self.conditioning(t, y) if c is None else c  # (N, D)
-        return self.unpatchify(self.final_layer(h, c))
+    def head(self, h: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Final adaLN layer and unpatchify: top-block features to the model output (N, C', H, W)."""
+        return self.unpatchify(self.final_layer(h, self.conditioning(t, y)))
 
     def modulated_head(self, h: torch.Tensor, modulation: torch.Tensor) -> torch.Tensor:
         """`head` given the final layer's adaLN modulation of (t, y), (N, 2D), instead of (t, y)."""

@@ -100,8 +100,7 @@ class FreeDrafter(nn.Module):
     def propose(self, model: DiT, context: DraftContext) -> tuple[torch.Tensor, torch.Tensor]:
         modulation = context.modulation
         if modulation is None:
-            c = model.conditioning(context.t, context.y) if context.conditioning is None else context.conditioning
-            modulation = self.modulation(model, c)
+            modulation = self.modulation(model, model.conditioning(context.t, context.y))
         own, head = modulation.split([self.modulation_width, 2 * model.hidden_size], dim=-1)
         features = self.predict_features(model, context.features, context.x, context.previous_x, context.t, context.y,
                                          modulation=own, branches=context.branches)
