@@ -194,7 +194,7 @@ def cached_pass_cost(key: dict, call: Callable[[], object], device: torch.device
 def cached_draft_cost(denoiser: GuidedDenoiser, drafter, x: torch.Tensor, labels: torch.Tensor) -> float:
     """Seconds of one drafting pass over the batch `x` (the drafter's proposal on every CFG row, the guided output and
     the transition), measured once per machine, DiT architecture, drafter and shape and kept on disk, like the curve."""
-    from .drafter_interface import DraftContext
+    from .drafter_interface import DraftContext, repeat_rows
 
     model, n, branches = denoiser.model, x.shape[0], denoiser.branches
     rows = n * branches
@@ -210,8 +210,8 @@ def cached_draft_cost(denoiser: GuidedDenoiser, drafter, x: torch.Tensor, labels
     modulation = drafter.modulation(model, model.conditioning(t_rows, y_rows)) if tabled else None
 
     def draft() -> None:
-        context = DraftContext(features=features, output=output, x=x_rows, t=t_rows, y=y_rows,
-                               step=step.repeat_interleave(branches), previous_x=x_rows, modulation=modulation,
+        context = DraftContext(features=features, output=output, x=x_rows, t=None if tabled else t_rows, y=y_rows,
+                               step=repeat_rows(step, branches), previous_x=x_rows, modulation=modulation,
                                branches=branches)
         out_rows, _ = drafter.propose(model, context)
         denoiser.transition(denoiser.guided_output(out_rows), x, step)

@@ -29,6 +29,12 @@ class DraftContext:
     branches: int = 1  # model rows per state (2 with CFG): x and previous_x repeat each state in runs of this length
 
 
+def repeat_rows(tensor: torch.Tensor, branches: int) -> torch.Tensor:
+    """Each row `branches` times in a row (a state's CFG rows), like `repeat_interleave(branches, dim=0)`, but a view
+    (no copy) for one row: drafters only read them."""
+    return tensor.unsqueeze(1).expand(-1, branches, *tensor.shape[1:]).flatten(0, 1)
+
+
 class Drafter(Protocol):
     history_length: int
 

@@ -16,19 +16,13 @@ import torch
 from .cost import cached_batch_cost, cached_draft_cost
 from .denoiser import GuidedDenoiser
 from .draft_policy import DraftLengthPolicy
-from .drafter_interface import DraftContext, Drafter
+from .drafter_interface import DraftContext, Drafter, repeat_rows
 from .relax import relax_temperature
 from .rounds import advance_history, check_options, run_rounds
 from .sampling import Callback, check_sampler_inputs
 from .stats import SamplingStats, timed_callback
 
 Mode = Literal["strict", "relax"]
-
-
-def repeat_rows(tensor: torch.Tensor, branches: int) -> torch.Tensor:
-    """Each row `branches` times in a row, like `repeat_interleave(branches, dim=0)`, but a view (no copy) for one
-    row: the drafter only reads them."""
-    return tensor.unsqueeze(1).expand(-1, branches, *tensor.shape[1:]).flatten(0, 1)
 
 
 class DDPMSpace:

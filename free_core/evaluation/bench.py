@@ -260,7 +260,6 @@ def run_round_costs(model, drafter, config: BenchConfig, coupled_drafts: int = 4
     # its mean is the decision plus the residual draw as often as it rejects, not the median call's (an accept).
     block = min(40, len(drafts))
     block_starts = itertools.cycle(range(0, len(drafts) - block + 1, block))
-    coupled = 0
 
     def couple_block() -> None:
         nonlocal coupled

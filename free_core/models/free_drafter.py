@@ -24,7 +24,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..engine.drafter_interface import DraftContext
+from ..engine.drafter_interface import DraftContext, repeat_rows
 from .checkpoints import safetensors_keys_and_metadata
 from .dit import DiT
 
@@ -74,8 +74,7 @@ class FreeDrafter(nn.Module):
             modulation = self.adaLN_modulation(dit.conditioning(t, y))
         # (R, T, D): drift + the noise just injected, embedded once per state and shared by its `branches` rows
         state_change = patch_embedding_change(dit, x[::branches], previous_x[::branches])
-        if branches > 1:  # a view for one state; the cat below copies it either way
-            state_change = state_change.unsqueeze(1).expand(-1, branches, -1, -1).flatten(0, 1)
+        state_change = repeat_rows(state_change, branches)  # a view for one state; the cat below copies it either way
         u = torch.cat([last - previous, self.norm(last), state_change], dim=-1)  # (R, T, 3D)
         shift, scale, gate = modulation.split([self.config.hidden, self.config.hidden, self.config.width], dim=-1)
         # modulate(fc1(u), shift, scale) and the gated residual as fused multiply-adds: one dispatch each
